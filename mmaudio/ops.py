@@ -1,0 +1,86 @@
+"""Layer namespaces ("ops") that the library's modules are built from.
+
+Every module takes an ``ops`` namespace instead of using ``torch.nn`` directly, the way ComfyUI's own models
+do. Standalone, :func:`default_ops` gives layers that keep their weights in any storage dtype (fp32, fp16,
+bf16, fp8) and cast them to the activation dtype and device on the fly; inside ComfyUI the node layer passes
+``comfy.ops`` instead, so the memory manager can offload single layers.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _cast(param: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """Return ``param`` in the dtype and on the device of ``like`` (no copy when they already match)."""
+    if param is None:
+        return None
+    if param.dtype == like.dtype and param.device == like.device:
+        return param
+    return param.to(device=like.device, dtype=like.dtype, non_blocking=True)
+
+
+class CastLinear(nn.Linear):
+    """Linear layer whose stored weights may be in a narrower dtype than the activations."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, _cast(self.weight, x), _cast(self.bias, x))
+
+
+class CastConv1d(nn.Conv1d):
+    """Conv1d whose stored weights may be in a narrower dtype than the activations."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, _cast(self.weight, x), _cast(self.bias, x))
+
+
+class CastConvTranspose1d(nn.ConvTranspose1d):
+    """ConvTranspose1d whose stored weights may be in a narrower dtype than the activations."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        padding = self._output_padding(
+            x, output_size, list(self.stride), list(self.padding), list(self.kernel_size), 1,
+            list(self.dilation),
+        )
+        return F.conv_transpose1d(
+            x, _cast(self.weight, x), _cast(self.bias, x), self.stride, self.padding, padding, self.groups,
+            self.dilation,
+        )
+
+
+class CastLayerNorm(nn.LayerNorm):
+    """LayerNorm whose affine parameters (if any) may be stored in a narrower dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, _cast(self.weight, x), _cast(self.bias, x), self.eps)
+
+
+class CastEmbedding(nn.Embedding):
+    """Embedding kept in a storage dtype; the lookup is returned in the table's compute dtype by callers."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            weight = weight.to(torch.bfloat16)
+        return F.embedding(ids, weight, self.padding_idx)
+
+
+def default_ops() -> Any:
+    """The namespace used when no ComfyUI ``comfy.ops`` namespace is given."""
+    return SimpleNamespace(
+        Linear=CastLinear,
+        Conv1d=CastConv1d,
+        ConvTranspose1d=CastConvTranspose1d,
+        LayerNorm=CastLayerNorm,
+        Embedding=CastEmbedding,
+    )
+
+
+def resolve_ops(ops: Any | None) -> Any:
+    """``ops`` itself, or the default namespace when ``None``."""
+    return default_ops() if ops is None else ops
