@@ -1,0 +1,171 @@
+"""The audio decoder: network latent -> mel (VAE decoder) -> waveform (BigVGAN), for one mode.
+
+Pairs a :class:`~mmaudio.vae.VAE` with the vocoder of the same mode and checks every pairing up front: VAE with
+vocoder when built, decoder with flow network (:meth:`AudioDecoder.check_compatible`) before any compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import IncompatibleComponentsError, InvalidInputError
+from .mel import MelConverter
+from .vae import VAE, LatentDistribution, load_vae
+from .vocoder import BigVGAN, load_vocoder
+
+MODE_WORDS: dict[str, str] = {"16k": "16 kHz", "44k": "44.1 kHz"}
+MODE_SAMPLE_RATES: dict[str, int] = {"16k": 16000, "44k": 44100}
+# The files a user should pick for each mode, for messages.
+MODE_VAE_FILES: dict[str, str] = {"16k": "v1-16.pth", "44k": "v1-44.pth"}
+MODE_VOCODER_FILES: dict[str, str] = {"16k": "best_netG.pt", "44k": "BigVGAN v2 44 kHz"}
+MODE_VOCODER_ADVICE: dict[str, str] = {
+    "16k": "the BigVGAN v1 16 kHz vocoder (best_netG.pt)",
+    "44k": "the BigVGAN v2 44 kHz vocoder",
+}
+
+
+def normalize_mode(mode: str | int) -> str:
+    """"16k"/"44k" from a mode string or a sample rate (16000, 44100)."""
+    if isinstance(mode, int) and not isinstance(mode, bool):
+        for name, rate in MODE_SAMPLE_RATES.items():
+            if rate == mode:
+                return name
+    elif isinstance(mode, str) and mode.strip().lower() in MODE_WORDS:
+        return mode.strip().lower()
+    raise InvalidInputError(f"unknown audio mode {mode!r}; expected '16k', '44k', 16000 or 44100")
+
+
+class AudioDecoder(nn.Module):
+    """Latent (B, T, latent_dim) -> float32 waveform (B, 1, samples) at 16000 or 44100 Hz."""
+
+    def __init__(self, vae: VAE, vocoder: BigVGAN) -> None:
+        super().__init__()
+        vae_name = vae.source or "the VAE"
+        vocoder_name = vocoder.source or "the vocoder"
+        if vae.mode is None or vae.mode != vocoder.mode or vae.num_mels != vocoder.config.num_mels:
+            vae_desc = f"{MODE_WORDS.get(vae.mode or '', 'unknown-rate')} ({vae.num_mels} mel bands)"
+            voc_desc = (f"{MODE_WORDS.get(vocoder.mode or '', 'unknown-rate')} ({vocoder.config.num_mels} mel bands, "
+                        f"{vocoder.hop_length}x)")
+            raise IncompatibleComponentsError(
+                f"the VAE {vae_name} is a {vae_desc} model but the vocoder {vocoder_name} is {voc_desc}; "
+                f"use v1-16.pth with best_netG.pt, or v1-44.pth with the BigVGAN v2 44 kHz vocoder"
+            )
+        self.vae = vae
+        self.vocoder = vocoder
+        # Activations dtype; weights are cast to it on the fly. float32 matches the reference.
+        self.compute_dtype = torch.float32
+        self._mel: MelConverter | None = None
+
+    @classmethod
+    def from_state_dicts(
+        cls,
+        vae_state_dict: Mapping[str, Any],
+        vocoder_state_dict: Mapping[str, Any],
+        vae_source: str | None = None,
+        vocoder_source: str | None = None,
+        ops: Any | None = None,
+        vocoder_config: Mapping[str, Any] | None = None,
+    ) -> AudioDecoder:
+        """Load both checkpoints (see :func:`load_vae`, :func:`load_vocoder`) and pair them."""
+        vae = load_vae(vae_state_dict, source=vae_source or "the VAE checkpoint", ops=ops)
+        vocoder = load_vocoder(vocoder_state_dict, source=vocoder_source or "the vocoder checkpoint", ops=ops,
+                               config=vocoder_config)
+        return cls(vae, vocoder)
+
+    @property
+    def mode(self) -> str:
+        return str(self.vae.mode)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.vocoder.sample_rate or MODE_SAMPLE_RATES[self.mode])
+
+    @property
+    def latent_dim(self) -> int:
+        return self.vae.latent_dim
+
+    @property
+    def samples_per_latent(self) -> int:
+        """Waveform samples per latent frame (the VAE doubles the frame rate, the vocoder multiplies by hop)."""
+        return 2 * self.vocoder.hop_length
+
+    def describe(self) -> str:
+        """E.g. "16 kHz (v1-16.pth + best_netG.pt)"."""
+        vae_name = self.vae.source or MODE_VAE_FILES[self.mode]
+        vocoder_name = self.vocoder.source or MODE_VOCODER_FILES[self.mode]
+        return f"{MODE_WORDS[self.mode]} ({vae_name} + {vocoder_name})"
+
+    def check_compatible(self, network_mode: str | int, network_name: str | None = None,
+                         latent_dim: int | None = None) -> None:
+        """Raise :class:`IncompatibleComponentsError` unless a network of ``network_mode`` (and ``latent_dim``,
+        when given) can be decoded by this decoder. Cheap: call it before any compute."""
+        mode = normalize_mode(network_mode)
+        network = f"the network {network_name}" if network_name else "the network"
+        if mode != self.mode:
+            raise IncompatibleComponentsError(
+                f"the decoder is for {self.describe()} but {network} is a {MODE_WORDS[mode]} model; "
+                f"load {MODE_VAE_FILES[mode]} and {MODE_VOCODER_ADVICE[mode]}"
+            )
+        if latent_dim is not None and latent_dim != self.latent_dim:
+            raise IncompatibleComponentsError(
+                f"{network} makes {latent_dim}-channel latents but the decoder {self.describe()} takes "
+                f"{self.latent_dim}-channel latents"
+            )
+
+    def num_samples(self, duration: float) -> int:
+        """Samples of ``duration`` seconds at this sample rate (rounded to the nearest sample)."""
+        if not duration > 0:
+            raise InvalidInputError(f"duration must be positive seconds, got {duration!r}")
+        return round(duration * self.sample_rate)
+
+    def _device(self) -> torch.device:
+        return next(self.vae.decoder.parameters()).device
+
+    def decode_mel(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent (B, T, latent_dim) -> mel (B, num_mels, 2T) in ``compute_dtype``."""
+        if latent.ndim != 3 or latent.shape[-1] != self.latent_dim:
+            hint = ""
+            if latent.ndim == 3 and latent.shape[1] == self.latent_dim:
+                hint = " (it looks like (batch, channels, frames); transpose it)"
+            raise InvalidInputError(
+                f"latent must be (batch, frames, {self.latent_dim}) for the {MODE_WORDS[self.mode]} decoder, "
+                f"got {tuple(latent.shape)}{hint}"
+            )
+        z = latent.to(device=self._device(), dtype=self.compute_dtype).transpose(1, 2)
+        return self.vae.decode(z)
+
+    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        """Mel (B, num_mels, frames) -> float32 waveform (B, 1, frames·hop)."""
+        return self.vocoder(mel.to(self.compute_dtype)).to(torch.float32)
+
+    def decode(self, latent: torch.Tensor, num_samples: int | None = None,
+               duration: float | None = None) -> torch.Tensor:
+        """Latent (B, T, latent_dim) -> float32 waveform (B, 1, samples) at :attr:`sample_rate`.
+
+        Trimmed to ``num_samples`` or to ``duration`` seconds when given (the latent covers a little more than
+        the requested duration); untrimmed otherwise.
+        """
+        if num_samples is not None and duration is not None:
+            raise InvalidInputError("give num_samples or duration, not both")
+        if duration is not None:
+            num_samples = self.num_samples(duration)
+        available = latent.shape[1] * self.samples_per_latent if latent.ndim == 3 else None
+        if num_samples is not None and available is not None and not 0 < num_samples <= available:
+            raise InvalidInputError(
+                f"cannot return {num_samples} samples: a latent of {latent.shape[1]} frames decodes to "
+                f"{available} samples at {self.sample_rate} Hz"
+            )
+        waveform = self.vocode(self.decode_mel(latent))
+        return waveform if num_samples is None else waveform[..., :num_samples]
+
+    def encode(self, waveform: torch.Tensor) -> LatentDistribution:
+        """Waveform (B, samples) or (B, 1, samples) at :attr:`sample_rate` -> latent posterior in the network's
+        (B, T, latent_dim) layout (unnormalized, like the network's output). Needs the VAE's encoder weights."""
+        if self._mel is None:
+            self._mel = MelConverter.for_mode(self.mode)
+        mel = self._mel.to(self._device())(waveform.to(self._device()))
+        return self.vae.encode(mel.to(self.compute_dtype)).transpose(1, 2)

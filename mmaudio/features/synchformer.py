@@ -1,0 +1,354 @@
+"""Synchformer's visual encoder (MotionFormer): the source of MMAudio's 24-per-second sync features.
+
+Only the visual branch of the published Synchformer is needed. Each 16-frame segment (25 fps, 224 px, values in
+[-1, 1]) is cut into 2-frame x 16 px tubelets (8 x 14 x 14 tokens plus a CLS token), run through 12 divided
+space-time blocks (attention over time, then over space, then an MLP; every patch attends within its own time
+line or frame plus the CLS token, the CLS token attends to everything), normalised, and each of the 8 time steps is
+pooled by a small pre-norm transformer layer with its own CLS token. A segment therefore yields 8 vectors of 768;
+segments start every 8 frames.
+
+Parameter names follow the checkpoint (``vfeat_extractor.`` stripped), so the published file, Kijai's safetensors
+and fine-tunes load strictly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidInputError, WrongCheckpointError
+from ..ops import resolve_ops
+
+PREFIX = "vfeat_extractor."
+SEGMENT = 16
+STEP = 8
+
+
+def _cast(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    if t is None or (t.dtype == like.dtype and t.device == like.device):
+        return t
+    return t.to(device=like.device, dtype=like.dtype)
+
+
+class CastConv3d(nn.Conv3d):
+    """Conv3d that casts its stored weights to the input's dtype and device (used when ``ops`` has none)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, _cast(self.weight, x), _cast(self.bias, x))
+
+
+class CastConv2d(nn.Conv2d):
+    """Conv2d that casts its stored weights to the input's dtype and device (used when ``ops`` has none)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, _cast(self.weight, x), _cast(self.bias, x))
+
+
+class MotionFormerConfig:
+    """Hyperparameters of the published visual encoder (divided_224_16x4, temporal patch 2)."""
+
+    dim = 768
+    heads = 12
+    depth = 12
+    mlp_ratio = 4
+    patch = 16
+    tubelet = 2
+    image_size = 224
+    frames = SEGMENT
+    eps = 1e-6
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+    @property
+    def time_steps(self) -> int:
+        return self.frames // self.tubelet
+
+
+class DividedAttention(nn.Module):
+    """Multi-head attention restricted to one axis (time or space) of the token grid, plus the CLS token.
+
+    Patch tokens are grouped along the other axis: in ``time`` mode the tokens at one spatial position across
+    the 8 time steps form a group, in ``space`` mode the 196 tokens of one time step. Every group also sees the CLS
+    key/value; the CLS query attends to all tokens.
+    """
+
+    def __init__(self, dim: int, heads: int, ops: Any) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = ops.Linear(dim, dim * 3, bias=True)
+        self.proj = ops.Linear(dim, dim, bias=True)
+
+    def forward(self, x: torch.Tensor, mode: str, time_steps: int, patches: int) -> torch.Tensor:
+        b, n, d = x.shape
+        hd = d // self.heads
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (b, h, n, hd)
+        q = q * hd**-0.5
+        cls_out = F.scaled_dot_product_attention(q[:, :, :1], k, v, scale=1.0)
+
+        def grouped(t: torch.Tensor) -> torch.Tensor:
+            t = t[:, :, 1:].reshape(b, self.heads, time_steps, patches, hd)
+            return t.transpose(2, 3) if mode == "time" else t  # (b, h, groups, group_len, hd)
+
+        qg, kg, vg = grouped(q), grouped(k), grouped(v)
+        groups = kg.shape[2]
+        kg = torch.cat([k[:, :, None, :1].expand(-1, -1, groups, -1, -1), kg], dim=3)
+        vg = torch.cat([v[:, :, None, :1].expand(-1, -1, groups, -1, -1), vg], dim=3)
+        out = F.scaled_dot_product_attention(qg, kg, vg, scale=1.0)
+        if mode == "time":
+            out = out.transpose(2, 3)
+        out = out.reshape(b, self.heads, time_steps * patches, hd)
+        out = torch.cat([cls_out, out], dim=2).transpose(1, 2).reshape(b, n, d)
+        return self.proj(out)
+
+
+class Mlp(nn.Module):
+    """fc1 -> exact GELU -> fc2."""
+
+    def __init__(self, dim: int, hidden: int, ops: Any) -> None:
+        super().__init__()
+        self.fc1 = ops.Linear(dim, hidden, bias=True)
+        self.fc2 = ops.Linear(hidden, dim, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class DividedBlock(nn.Module):
+    """Time attention (norm3), then space attention (norm1), then MLP (norm2), each a pre-norm residual."""
+
+    def __init__(self, cfg: MotionFormerConfig, ops: Any) -> None:
+        super().__init__()
+        self.norm3 = ops.LayerNorm(cfg.dim, eps=cfg.eps)
+        self.timeattn = DividedAttention(cfg.dim, cfg.heads, ops)
+        self.norm1 = ops.LayerNorm(cfg.dim, eps=cfg.eps)
+        self.attn = DividedAttention(cfg.dim, cfg.heads, ops)
+        self.norm2 = ops.LayerNorm(cfg.dim, eps=cfg.eps)
+        self.mlp = Mlp(cfg.dim, cfg.dim * cfg.mlp_ratio, ops)
+
+    def forward(self, x: torch.Tensor, time_steps: int, patches: int) -> torch.Tensor:
+        x = x + self.timeattn(self.norm3(x), "time", time_steps, patches)
+        x = x + self.attn(self.norm1(x), "space", time_steps, patches)
+        return x + self.mlp(self.norm2(x))
+
+
+class TubeletEmbed(nn.Module):
+    """Conv3d with kernel = stride = (2, 16, 16): one token per 2-frame x 16 x 16 tubelet."""
+
+    def __init__(self, cfg: MotionFormerConfig, ops: Any) -> None:
+        super().__init__()
+        conv3d = getattr(ops, "Conv3d", None) or CastConv3d
+        k = (cfg.tubelet, cfg.patch, cfg.patch)
+        self.proj = conv3d(3, cfg.dim, kernel_size=k, stride=k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W) -> (B, t*h*w, D), time-major
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class UnusedPatchEmbed(nn.Module):
+    """The checkpoint's 2-D patch embedding: loaded for a strict match with the file, never applied."""
+
+    def __init__(self, cfg: MotionFormerConfig, ops: Any) -> None:
+        super().__init__()
+        conv2d = getattr(ops, "Conv2d", None) or CastConv2d
+        self.proj = conv2d(3, cfg.dim, kernel_size=cfg.patch, stride=cfg.patch)
+
+
+class FrameAttentionPool(nn.Module):
+    """Pre-norm transformer encoder layer over one time step's 196 tokens plus a learned CLS; returns the CLS.
+
+    Only the CLS row of the layer's output is kept, so attention and MLP are evaluated for that row alone (rows
+    of a transformer layer are independent given the keys and values).
+    """
+
+    def __init__(self, cfg: MotionFormerConfig, ops: Any) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.heads = cfg.heads
+        self.cls_token = nn.Parameter(torch.empty(1, 1, d))
+        self.self_attn = _InProjAttention(d, ops)
+        self.norm1 = ops.LayerNorm(d, eps=cfg.eps)
+        self.norm2 = ops.LayerNorm(d, eps=cfg.eps)
+        self.linear1 = ops.Linear(d, d * cfg.mlp_ratio, bias=True)
+        self.linear2 = ops.Linear(d * cfg.mlp_ratio, d, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, L, D) -> (N, D)
+        n, _, d = x.shape
+        x = torch.cat([_cast(self.cls_token, x).expand(n, -1, -1), x], dim=1)
+        h = self.norm1(x)
+        w, bias = _cast(self.self_attn.in_proj_weight, h), _cast(self.self_attn.in_proj_bias, h)
+        q = F.linear(h[:, :1], w[:d], bias[:d])
+        kv = F.linear(h, w[d:], bias[d:])
+        k, v = kv.split(d, dim=-1)
+        hd = d // self.heads
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(n, -1, self.heads, hd).transpose(1, 2)
+
+        att = F.scaled_dot_product_attention(heads(q), heads(k), heads(v)).transpose(1, 2).reshape(n, 1, d)
+        cls = x[:, :1] + self.self_attn.out_proj(att)
+        cls = cls + self.linear2(F.gelu(self.linear1(self.norm2(cls))))
+        return cls[:, 0]
+
+
+class _InProjAttention(nn.Module):
+    """Holds ``nn.MultiheadAttention``'s parameter names (packed in-projection, ``out_proj``)."""
+
+    def __init__(self, dim: int, ops: Any) -> None:
+        super().__init__()
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        self.out_proj = ops.Linear(dim, dim, bias=True)
+
+
+class SynchformerVisual(nn.Module):
+    """MotionFormer visual encoder: segments (N, 16, 3, 224, 224) in [-1, 1] -> (N, 8, 768)."""
+
+    def __init__(self, ops: Any = None) -> None:
+        super().__init__()
+        ops = resolve_ops(ops)
+        cfg = self.cfg = MotionFormerConfig()
+        d = cfg.dim
+        self.patch_embed = UnusedPatchEmbed(cfg, ops)
+        self.patch_embed_3d = TubeletEmbed(cfg, ops)
+        self.cls_token = nn.Parameter(torch.empty(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.empty(1, cfg.grid * cfg.grid + 1, d))
+        self.temp_embed = nn.Parameter(torch.empty(1, cfg.time_steps, d))
+        self.blocks = nn.ModuleList(DividedBlock(cfg, ops) for _ in range(cfg.depth))
+        self.norm = ops.LayerNorm(d, eps=cfg.eps)
+        self.spatial_attn_agg = FrameAttentionPool(cfg, ops)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pos_embed.dtype
+
+    def forward(self, segments: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        n, t, c, h, w = segments.shape
+        if (t, c, h, w) != (cfg.frames, 3, cfg.image_size, cfg.image_size):
+            raise InvalidInputError(
+                f"Synchformer segments: got shape {tuple(segments.shape)}; expected (N, {cfg.frames}, 3, "
+                f"{cfg.image_size}, {cfg.image_size})")
+        x = self.patch_embed_3d(segments.transpose(1, 2))  # (N, 8*196, D)
+        steps, patches = cfg.time_steps, cfg.grid * cfg.grid
+        pos = _cast(self.pos_embed, x)
+        temp = _cast(self.temp_embed, x)
+        patch_pos = (pos[:, 1:].unsqueeze(1) + temp.unsqueeze(2)).reshape(1, steps * patches, -1)
+        cls = _cast(self.cls_token, x).expand(n, -1, -1) + pos[:, :1]
+        x = torch.cat([cls, x + patch_pos], dim=1)
+        for block in self.blocks:
+            x = block(x, steps, patches)
+        x = self.norm(x[:, 1:])  # (N, 8*196, D), time-major
+        pooled = self.spatial_attn_agg(x.reshape(n * steps, patches, -1))
+        return pooled.view(n, steps, -1)
+
+
+# ----------------------------------------------------------------------------------------------- segments
+
+
+def num_segments(num_frames: int) -> int:
+    """S = (T - 16) // 8 + 1 (frames after the last full segment are dropped); 0 when T < 16."""
+    return 0 if num_frames < SEGMENT else (num_frames - SEGMENT) // STEP + 1
+
+
+def iter_segment_batches(num_frames: int, batch: int) -> Iterator[list[int]]:
+    """Start frames of the segments, ``batch`` at a time."""
+    starts = [s * STEP for s in range(num_segments(num_frames))]
+    for i in range(0, len(starts), batch):
+        yield starts[i:i + batch]
+
+
+def encode_sync_frames(
+    model: SynchformerVisual,
+    frames: torch.Tensor,
+    *,
+    to_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch: int = 8,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Frames (B, T, 3, 224, 224) -> sync features (B, S*8, 768), ``batch`` segments per forward.
+
+    ``frames`` may be stored compactly (uint8) with ``to_input`` turning a slice into model input in [-1, 1]; only
+    one batch of segments is materialised (and moved to ``device``) at a time.
+    """
+    if frames.ndim != 5:
+        raise InvalidInputError(f"sync frames: got shape {tuple(frames.shape)}; expected (B, T, 3, 224, 224)")
+    b, t = frames.shape[:2]
+    s = num_segments(t)
+    if s == 0:
+        raise InvalidInputError(f"sync frames: got {t} frames; expected at least {SEGMENT} (one segment)")
+    device = torch.device(device) if device is not None else model.pos_embed.device
+    dtype = dtype or torch.float32
+    jobs = [(i, start) for i in range(b) for start in range(0, s * STEP, STEP)]
+    outputs = []
+    for j in range(0, len(jobs), batch):
+        seg = torch.stack([frames[i, start:start + SEGMENT] for i, start in jobs[j:j + batch]])
+        seg = to_input(seg) if to_input is not None else seg
+        outputs.append(model(seg.to(device=device, dtype=dtype)).float().cpu())
+        if progress is not None:
+            progress(min(j + batch, len(jobs)), len(jobs))
+    return torch.cat(outputs).view(b, s * (SEGMENT // model.cfg.tubelet), -1)
+
+
+# ----------------------------------------------------------------------------------------------- weights
+
+
+def synchformer_weights(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The visual encoder's entries of a Synchformer checkpoint, named as in :class:`SynchformerVisual`.
+
+    Accepts the published ``synchformer_state_dict.pth`` (whole sync model: only ``vfeat_extractor.*`` is kept),
+    Kijai's safetensors, a ``module.``-prefixed copy, or an already stripped visual state dict.
+    """
+    if "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        name = key.removeprefix("module.")
+        if name.startswith(PREFIX):
+            out[name[len(PREFIX):]] = value
+    if not out and "pos_embed" in sd and "temp_embed" in sd:
+        out = dict(sd)
+    if not out:
+        sample = ", ".join(list(sd)[:3])
+        raise WrongCheckpointError(
+            f"not a Synchformer checkpoint: no '{PREFIX}*' entries (first keys: {sample})")
+    return out
+
+
+def load_synchformer(
+    sd: Mapping[str, torch.Tensor],
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    ops: Any = None,
+) -> SynchformerVisual:
+    """Build the visual encoder on the meta device and assign a checkpoint's tensors (strict).
+
+    ``dtype`` casts the stored weights (None keeps the file's dtype; layers cast to the activation dtype on use).
+    """
+    weights = synchformer_weights(sd)
+    with torch.device("meta"):
+        model = SynchformerVisual(ops=ops)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise WrongCheckpointError(
+            f"Synchformer checkpoint does not match the visual encoder: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    prepared = {}
+    for key, ref in expected.items():
+        value = weights[key]
+        if tuple(value.shape) != tuple(ref.shape):
+            raise WrongCheckpointError(
+                f"Synchformer checkpoint: {PREFIX}{key} has shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
+        prepared[key] = value.to(device=device, dtype=dtype or value.dtype)
+    model.load_state_dict(prepared, strict=True, assign=True)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,222 @@
+"""Audio for files: checking waveforms, resampling with PyAV, encoding, and writing audio-only files.
+
+Waveforms arrive as ComfyUI's AUDIO layout, float ``[B, C, T]`` (or ``[C, T]``) in -1..1. Encoders are picked
+from what PyAV's bundled FFmpeg actually has, and sample rates an encoder cannot take (44.1 kHz for Opus) are
+converted with ``av.AudioResampler`` rather than refused.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError
+from .staging import staged_files
+
+# Codec choice -> FFmpeg encoder names, best first.
+AUDIO_ENCODERS: dict[str, tuple[str, ...]] = {
+    "aac": ("aac",),
+    "flac": ("flac",),
+    "opus": ("libopus", "opus"),
+    "mp3": ("libmp3lame", "mp3"),
+    "pcm_s16le": ("pcm_s16le",),
+}
+# Lossy codecs get a bit rate that is transparent for generated audio; None leaves the encoder's choice.
+_BIT_RATES: dict[str, int] = {"aac": 192_000, "opus": 128_000, "mp3": 192_000}
+# FFmpeg's own Opus encoder is marked experimental and refuses to open without this.
+_ENCODER_OPTIONS: dict[str, dict[str, str]] = {"opus": {"strict": "experimental"}}
+
+# write_audio formats: extension -> (muxer, codec choice)
+AUDIO_FILE_FORMATS: dict[str, tuple[str, str]] = {
+    "wav": ("wav", "pcm_s16le"),
+    "flac": ("flac", "flac"),
+    "mp3": ("mp3", "mp3"),
+    "opus": ("ogg", "opus"),
+}
+
+_CHUNK_SAMPLES = 1 << 16  # frames handed to an encoder at once; bounds the float copies made per frame
+
+
+def has_encoder(name: str) -> bool:
+    try:
+        av.Codec(name, "w")
+    except (ValueError, av.FFmpegError):
+        return False
+    return True
+
+
+def find_encoder(choice: str) -> str:
+    """The first FFmpeg encoder PyAV has for a codec choice ("aac", "opus", ...)."""
+    if choice not in AUDIO_ENCODERS:
+        raise InvalidInputError(f"unknown audio codec {choice!r}; expected one of {sorted(AUDIO_ENCODERS)}")
+    for name in AUDIO_ENCODERS[choice]:
+        if has_encoder(name):
+            return name
+    raise InvalidInputError(f"this PyAV build has no {choice} encoder (tried {', '.join(AUDIO_ENCODERS[choice])})")
+
+
+def as_sample_rate(sample_rate: Any) -> int:
+    if isinstance(sample_rate, bool):
+        raise InvalidInputError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    try:
+        value = float(sample_rate)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"sample_rate must be a positive integer, got {sample_rate!r}") from exc
+    if not value.is_integer() or value <= 0:
+        raise InvalidInputError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    return int(value)
+
+
+def as_waveform_batch(waveform: Any, what: str = "waveform") -> torch.Tensor:
+    """A float32 CPU tensor [B, C, T] with C in (1, 2), T > 0 and finite values, from [C, T] or [B, C, T]."""
+    if isinstance(waveform, np.ndarray):
+        waveform = torch.from_numpy(waveform)
+    if not isinstance(waveform, torch.Tensor):
+        raise InvalidInputError(f"{what} must be a tensor, got {type(waveform).__name__}")
+    if waveform.ndim == 2:
+        waveform = waveform.unsqueeze(0)
+    if waveform.ndim != 3:
+        raise InvalidInputError(
+            f"{what} must have shape [channels, samples] or [batch, channels, samples], got {tuple(waveform.shape)}"
+        )
+    batch, channels, samples = waveform.shape
+    if batch == 0:
+        raise InvalidInputError(f"{what} holds an empty batch")
+    if channels not in (1, 2):
+        raise InvalidInputError(f"{what} has {channels} channels; only mono (1) or stereo (2) audio can be written")
+    if samples == 0:
+        raise InvalidInputError(f"{what} has no samples")
+    if waveform.dtype in (torch.int16, torch.int32):  # integer PCM, as some decoders hand it over
+        scale = float(2 ** (torch.iinfo(waveform.dtype).bits - 1))
+        waveform = waveform.to(torch.float32) / scale
+    elif not waveform.is_floating_point():
+        raise InvalidInputError(f"{what} must hold float samples in -1..1, got dtype {waveform.dtype}")
+    waveform = waveform.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    if not torch.isfinite(waveform).all():
+        raise InvalidInputError(f"{what} contains NaN or infinite samples")
+    return waveform
+
+
+def _layout(channels: int) -> str:
+    return "mono" if channels == 1 else "stereo"
+
+
+def encoder_rate(encoder: str, sample_rate: int) -> int:
+    """``sample_rate`` if the encoder takes it, else the smallest supported rate above it (or the largest)."""
+    rates = av.Codec(encoder, "w").audio_rates
+    if not rates or sample_rate in rates:
+        return sample_rate
+    higher = [r for r in rates if r >= sample_rate]
+    return min(higher) if higher else max(rates)
+
+
+def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Planar float32 [C, T] from ``rate_in`` to ``rate_out`` Hz with FFmpeg's resampler."""
+    if rate_in == rate_out:
+        return samples
+    layout = _layout(samples.shape[0])
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.float32), format="fltp", layout=layout)
+    frame.sample_rate = rate_in
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate_out)
+    frames = [*resampler.resample(frame), *resampler.resample(None)]
+    if not frames:
+        return np.zeros((samples.shape[0], 0), dtype=np.float32)
+    return np.concatenate([f.to_ndarray() for f in frames], axis=1).astype(np.float32, copy=False)
+
+
+def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
+    """Trim or zero-pad [C, T] to exactly ``length`` samples."""
+    if samples.shape[1] >= length:
+        return samples[:, :length]
+    return np.pad(samples, ((0, 0), (0, length - samples.shape[1])))
+
+
+@dataclass
+class AudioTrack:
+    """An output audio stream and the rate its samples must have."""
+
+    stream: av.AudioStream
+    rate: int
+    channels: int
+
+
+def add_audio_track(
+    container: av.container.OutputContainer, choice: str, sample_rate: int, channels: int
+) -> AudioTrack:
+    encoder = find_encoder(choice)
+    rate = encoder_rate(encoder, sample_rate)
+    stream = container.add_stream(encoder, rate=rate)
+    stream.codec_context.layout = _layout(channels)
+    if choice in _BIT_RATES:
+        stream.codec_context.bit_rate = _BIT_RATES[choice]
+    if encoder in _ENCODER_OPTIONS:
+        stream.codec_context.options = dict(_ENCODER_OPTIONS[encoder])
+    return AudioTrack(stream, rate, channels)
+
+
+def prepare_samples(waveform: torch.Tensor, sample_rate: int, track: AudioTrack, length: int | None) -> np.ndarray:
+    """[C, T] at ``sample_rate`` -> clipped float32 [C, length] at the track's rate."""
+    samples = np.clip(waveform.numpy(), -1.0, 1.0)
+    samples = resample(samples, sample_rate, track.rate)
+    return samples if length is None else fit_length(samples, length)
+
+
+def encode_samples(track: AudioTrack, samples: np.ndarray, start_pts: int = 0) -> list[av.Packet]:
+    """Encode [C, T] samples (at the track's rate) whose first sample plays at ``start_pts / rate`` seconds."""
+    packets: list[av.Packet] = []
+    layout = _layout(track.channels)
+    time_base = Fraction(1, track.rate)
+    for offset in range(0, samples.shape[1], _CHUNK_SAMPLES):
+        block = np.ascontiguousarray(samples[:, offset : offset + _CHUNK_SAMPLES], dtype=np.float32)
+        frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
+        frame.sample_rate = track.rate
+        frame.time_base = time_base
+        frame.pts = start_pts + offset
+        packets.extend(track.stream.encode(frame))
+    packets.extend(track.stream.encode(None))
+    return packets
+
+
+def _audio_format(path: Path, format: str | None) -> str:
+    name = (format or path.suffix.lstrip(".")).lower()
+    if name not in AUDIO_FILE_FORMATS:
+        raise InvalidInputError(
+            f"cannot tell the audio format of '{path}'; pass format= one of {sorted(AUDIO_FILE_FORMATS)}"
+            if not format
+            else f"unknown audio format {format!r}; expected one of {sorted(AUDIO_FILE_FORMATS)}"
+        )
+    return name
+
+
+def write_audio(
+    path: str | os.PathLike[str], waveform: torch.Tensor | np.ndarray, sample_rate: int, format: str | None = None
+) -> Path:
+    """Write one waveform ([C, T] or [1, C, T], float in -1..1) as wav (16-bit), flac, mp3 or opus (Ogg).
+
+    ``format`` defaults to the file extension. Opus is written at 48 kHz when the rate is not one Opus takes.
+    The file appears only when complete.
+    """
+    path = Path(path)
+    name = _audio_format(path, format)
+    batch = as_waveform_batch(waveform)
+    if batch.shape[0] != 1:
+        raise InvalidInputError(f"write_audio writes one waveform, got a batch of {batch.shape[0]}; index it first")
+    rate = as_sample_rate(sample_rate)
+    muxer, choice = AUDIO_FILE_FORMATS[name]
+    with staged_files() as staged:
+        temp = staged.stage(path)
+        try:
+            with av.open(str(temp), mode="w", format=muxer) as container:
+                track = add_audio_track(container, choice, rate, batch.shape[1])
+                for packet in encode_samples(track, prepare_samples(batch[0], rate, track, None)):
+                    container.mux(packet)
+        except av.FFmpegError as exc:
+            raise InvalidInputError(f"could not write {name} audio to '{path}': {exc}") from exc
+    return path

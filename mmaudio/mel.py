@@ -1,0 +1,146 @@
+"""Log-mel front-ends of MMAudio's VAE (16 kHz and 44.1 kHz), in plain PyTorch.
+
+The slaney-scale, slaney-normalized filterbank is computed here (the same numbers librosa's
+``filters.mel`` gives), so neither librosa nor torchaudio is needed. Procedure: clamp to [-1, 1], reflect-pad
+(n_fft - hop)/2 per side, STFT without centering with a periodic Hann window, magnitude
+sqrt(re² + im² + 1e-9), mel projection, log of max(mel, 1e-5): log10 at 16 kHz, natural log at 44.1 kHz.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import InvalidInputError
+
+# Slaney's auditory scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above.
+_SLANEY_HZ_PER_MEL = 200.0 / 3.0
+_SLANEY_LOG_START_HZ = 1000.0
+_SLANEY_LOG_START_MEL = _SLANEY_LOG_START_HZ / _SLANEY_HZ_PER_MEL
+_SLANEY_LOG_STEP = math.log(6.4) / 27.0
+
+MAGNITUDE_EPS = 1e-9
+LOG_FLOOR = 1e-5
+
+
+def hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
+    """Slaney mel of frequencies in Hz (float64 in, float64 out)."""
+    linear = hz / _SLANEY_HZ_PER_MEL
+    octaves = torch.log(hz.clamp(min=_SLANEY_LOG_START_HZ) / _SLANEY_LOG_START_HZ)
+    log_part = _SLANEY_LOG_START_MEL + octaves / _SLANEY_LOG_STEP
+    return torch.where(hz >= _SLANEY_LOG_START_HZ, log_part, linear)
+
+
+def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`hz_to_mel`."""
+    linear = mel * _SLANEY_HZ_PER_MEL
+    log_part = _SLANEY_LOG_START_HZ * torch.exp(_SLANEY_LOG_STEP * (mel - _SLANEY_LOG_START_MEL))
+    return torch.where(mel >= _SLANEY_LOG_START_MEL, log_part, linear)
+
+
+def _linspace(start: float, stop: float, num: int) -> torch.Tensor:
+    """Evenly spaced float64 values computed as start + i·step with an exact end point (numpy's rule)."""
+    values = torch.arange(num, dtype=torch.float64) * ((stop - start) / (num - 1)) + start
+    values[-1] = stop
+    return values
+
+
+def slaney_mel_filterbank(sample_rate: float, n_fft: int, n_mels: int, fmin: float = 0.0,
+                          fmax: float | None = None) -> torch.Tensor:
+    """Triangular mel filters [n_mels, n_fft // 2 + 1] with slaney area normalization, float32, on CPU.
+
+    Triangles are centred on n_mels points evenly spaced in slaney mel between fmin and fmax; each is scaled
+    by 2 / (its width in Hz) so every filter has the same area. Built in float64 and rounded the way
+    librosa does (triangles to float32, then scaled), which reproduces its values.
+    """
+    fmax = sample_rate / 2.0 if fmax is None else float(fmax)
+    fft_freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * (1.0 / (n_fft * (1.0 / sample_rate)))
+    mel_points = _linspace(float(hz_to_mel(torch.tensor(float(fmin), dtype=torch.float64))),
+                           float(hz_to_mel(torch.tensor(fmax, dtype=torch.float64))), n_mels + 2)
+    edges_hz = mel_to_hz(mel_points)
+    widths = edges_hz[1:] - edges_hz[:-1]
+    ramps = edges_hz[:, None] - fft_freqs[None, :]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    triangles = torch.clamp(torch.minimum(rising, falling), min=0.0).to(torch.float32)
+    area_norm = 2.0 / (edges_hz[2:] - edges_hz[:-2])
+    return (triangles.to(torch.float64) * area_norm[:, None]).to(torch.float32)
+
+
+@dataclass(frozen=True)
+class MelConfig:
+    sampling_rate: int
+    n_fft: int
+    num_mels: int
+    hop_size: int
+    win_size: int
+    fmin: float
+    fmax: float
+    log: str  # "log10" or "ln"
+
+    @classmethod
+    def for_mode(cls, mode: str) -> MelConfig:
+        """The front-end the VAE of ``mode`` ("16k" or "44k") was trained on."""
+        if mode == "16k":
+            return cls(16000, 1024, 80, 256, 1024, 0.0, 8000.0, "log10")
+        if mode == "44k":
+            return cls(44100, 2048, 128, 512, 2048, 0.0, 22050.0, "ln")
+        raise ValueError(f"unknown mel mode {mode!r}; expected '16k' or '44k'")
+
+    def num_frames(self, num_samples: int) -> int:
+        """Mel frames for a waveform of ``num_samples`` samples."""
+        pad = (self.n_fft - self.hop_size) // 2
+        return (num_samples + 2 * pad - self.n_fft) // self.hop_size + 1
+
+
+class MelConverter(nn.Module):
+    """Waveform (B, samples) in [-1, 1] -> log-mel (B, num_mels, frames), computed in float32.
+
+    ``mel_basis`` and ``window`` are non-persistent float32 buffers; :meth:`reset_buffers` recomputes them
+    (e.g. after building on the meta device).
+    """
+
+    def __init__(self, config: MelConfig) -> None:
+        super().__init__()
+        if config.log not in ("log10", "ln"):
+            raise ValueError(f"unknown log for the mel front-end: {config.log!r}; expected 'log10' or 'ln'")
+        self.config = config
+        self.register_buffer("mel_basis", torch.empty(config.num_mels, config.n_fft // 2 + 1), persistent=False)
+        self.register_buffer("window", torch.empty(config.win_size), persistent=False)
+        self.reset_buffers()
+
+    @classmethod
+    def for_mode(cls, mode: str) -> MelConverter:
+        return cls(MelConfig.for_mode(mode))
+
+    def reset_buffers(self) -> None:
+        """(Re)compute the filterbank and the periodic Hann window in float32 on the buffers' device."""
+        c = self.config
+        device = self.mel_basis.device
+        if device.type == "meta":
+            device = torch.device("cpu")
+        self.mel_basis = slaney_mel_filterbank(c.sampling_rate, c.n_fft, c.num_mels, c.fmin, c.fmax).to(device)
+        self.window = torch.hann_window(c.win_size, periodic=True, dtype=torch.float32, device=device)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if waveform.ndim == 3 and waveform.shape[1] == 1:
+            waveform = waveform[:, 0]
+        if waveform.ndim != 2:
+            raise InvalidInputError(
+                f"waveform must be (batch, samples) or (batch, 1, samples), got {tuple(waveform.shape)}"
+            )
+        pad = (c.n_fft - c.hop_size) // 2
+        if waveform.shape[-1] <= pad:
+            raise InvalidInputError(f"waveform of {waveform.shape[-1]} samples is too short for a {c.n_fft}-point mel")
+        x = waveform.to(device=self.mel_basis.device, dtype=torch.float32).clamp(-1.0, 1.0)
+        x = torch.nn.functional.pad(x.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+        spec = torch.stft(x, c.n_fft, hop_length=c.hop_size, win_length=c.win_size, window=self.window,
+                          center=False, normalized=False, onesided=True, return_complex=True)
+        spec = torch.view_as_real(spec)
+        magnitude = torch.sqrt(spec.pow(2).sum(-1) + MAGNITUDE_EPS)
+        mel = torch.matmul(self.mel_basis, magnitude).clamp(min=LOG_FLOOR)
+        return torch.log10(mel) if c.log == "log10" else torch.log(mel)

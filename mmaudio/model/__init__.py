@@ -1,0 +1,20 @@
+"""The MMAudio flow network: configuration, variants, sequence lengths, checkpoint detection."""
+
+from .conditions import Conditions
+from .config import CHECKPOINT_FILES, VARIANTS, NetworkConfig
+from .detect import build_network_from_state_dict, config_from_state_dict
+from .network import MMAudioNetwork
+from .sequence_config import MIN_DURATION_S, MODES, SequenceLengths
+
+__all__ = [
+    "CHECKPOINT_FILES",
+    "MIN_DURATION_S",
+    "MODES",
+    "VARIANTS",
+    "Conditions",
+    "MMAudioNetwork",
+    "NetworkConfig",
+    "SequenceLengths",
+    "build_network_from_state_dict",
+    "config_from_state_dict",
+]

@@ -1,0 +1,369 @@
+"""What each node asks of the model library, one small function per stage.
+
+Nodes call only these functions, so the library's entry points can change (or a headless pipeline module can
+take over a stage) by editing this file alone. Each function takes and returns the pack's own types
+(``nodes/types.py``), loads models through the memory manager right before compute, reports progress through a
+:class:`~.progress.NodeProgress` and leaves every output tensor on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Any
+
+import torch
+
+from ..mmaudio import sampling
+from ..mmaudio.decoder import AudioDecoder
+from ..mmaudio.errors import IncompatibleComponentsError, InvalidInputError, MMAudioError
+from ..mmaudio.features import frames as frame_selection
+from ..mmaudio.features.clip import load_clip
+from ..mmaudio.features.synchformer import encode_sync_frames, load_synchformer, num_segments
+from ..mmaudio.model import SequenceLengths, build_network_from_state_dict
+from ..mmaudio.model.config import TRAINING_DURATION_S
+from ..mmaudio.vae import load_vae
+from ..mmaudio.vocoder import load_vocoder
+from ..mmaudio.weights import identify, reading
+from . import model_folder
+from .memory import Placement, choose_placement, load_for_compute, narrow_layer_weights, to_output, wrap
+from .progress import NodeProgress
+from .types import (
+    MODE_WORDS,
+    AudioConditions,
+    AudioLatents,
+    DecoderHandle,
+    FeatureModelsHandle,
+    NetworkHandle,
+)
+
+log = logging.getLogger(__name__)
+
+CLIP_CHUNK = 16  # CLIP frames per forward
+SYNC_SEGMENTS_PER_BATCH = 8  # Synchformer segments per forward
+
+
+# ---- files ---------------------------------------------------------------------------------------------------
+def files_of_kind(kind: str) -> list[str]:
+    """Weight files of the ``mmaudio`` folders that hold a component of ``kind`` (network, vae, vocoder, clip,
+    synchformer), identified by their tensor names and shapes, never by file name."""
+    found = []
+    for name in model_folder.weight_files():
+        path = model_folder.resolve(name, kind)
+        try:
+            if identify.component_of_kind(reading.read_shapes(path), kind) is not None:
+                found.append(name)
+        except (MMAudioError, OSError) as exc:
+            log.debug("MMAudio Sync: skipping %s while listing %s files: %s", name, kind, exc)
+    return found
+
+
+def _read_file(name: str, what: str) -> dict[str, torch.Tensor]:
+    path = model_folder.resolve(name, what)
+    return reading.load_tensors(path)
+
+
+def _named(file_name: str, what: str, error: MMAudioError) -> MMAudioError:
+    """The same error class with the file and the loader in front of the library's message."""
+    return type(error)(f"{what}: {file_name!r} cannot be used: {error}")
+
+
+def file_fingerprint(*names: str) -> tuple:
+    """(name, size, mtime) of each file, so a loader reruns when a file is replaced under the same name."""
+    out = []
+    for name in names:
+        try:
+            stat = os.stat(model_folder.resolve(name, "file"))
+            out.append((name, stat.st_size, stat.st_mtime_ns))
+        except (FileNotFoundError, OSError):
+            out.append((name, None, None))
+    return tuple(out)
+
+
+# ---- loaders -------------------------------------------------------------------------------------------------
+def load_network(file_name: str, precision: str) -> NetworkHandle:
+    placement = choose_placement(precision)
+    state_dict = _read_file(file_name, "network")
+    try:
+        network = build_network_from_state_dict(state_dict, ops=placement.ops, device=placement.offload_device,
+                                                 dtype=placement.compute_dtype)
+    except MMAudioError as exc:
+        raise _named(file_name, "MMAudio network loader", exc) from exc
+    del state_dict
+    config = network.config
+    if config.mode is None:
+        raise IncompatibleComponentsError(
+            f"MMAudio network loader: {file_name!r} makes {config.latent_dim}-channel latents, which neither the "
+            "16 kHz (20 channels) nor the 44.1 kHz (40 channels) decoder can turn into audio"
+        )
+    if placement.weight_dtype != placement.compute_dtype:
+        narrow_layer_weights(network, placement.weight_dtype)
+    handle = NetworkHandle(patcher=wrap(placement, network=network), variant=config.name, mode=config.mode,
+                           latent_dim=config.latent_dim, placement=placement, file_name=file_name)
+    log.info("MMAudio Sync: loaded network %s as %s", handle.describe(), placement.describe())
+    return handle
+
+
+def load_feature_models(clip_file: str, synchformer_file: str, precision: str) -> FeatureModelsHandle:
+    sync_placement = choose_placement(precision)
+    clip_placement = sync_placement
+    if sync_placement.weight_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        # CLIP is open_clip's own model (plain torch layers): it cannot keep 8-bit weights.
+        clip_placement = choose_placement("auto")
+        log.info("MMAudio Sync: CLIP does not support %s weights; using %s", precision, clip_placement.describe())
+
+    try:
+        clip = load_clip(_read_file(clip_file, "CLIP"), dtype=clip_placement.compute_dtype,
+                         device=clip_placement.offload_device)
+    except MMAudioError as exc:
+        raise _named(clip_file, "MMAudio feature-models loader (CLIP)", exc) from exc
+    try:
+        synchformer = load_synchformer(_read_file(synchformer_file, "Synchformer"),
+                                       dtype=sync_placement.compute_dtype, device=sync_placement.offload_device,
+                                       ops=sync_placement.ops)
+    except MMAudioError as exc:
+        raise _named(synchformer_file, "MMAudio feature-models loader (Synchformer)", exc) from exc
+    if sync_placement.weight_dtype != sync_placement.compute_dtype:
+        narrow_layer_weights(synchformer, sync_placement.weight_dtype)
+    return FeatureModelsHandle(clip=wrap(clip_placement, clip=clip), synchformer=wrap(sync_placement,
+                               synchformer=synchformer), clip_placement=clip_placement,
+                               sync_placement=sync_placement, clip_file=clip_file,
+                               synchformer_file=synchformer_file)
+
+
+def load_decoder(vae_file: str, vocoder_file: str, precision: str) -> DecoderHandle:
+    placement = choose_placement(precision, prefer_half=False)
+    storage = placement.compute_dtype
+    try:
+        vae = load_vae(_read_file(vae_file, "VAE"), source=vae_file, ops=placement.ops, dtype=storage)
+    except MMAudioError as exc:
+        raise _named(vae_file, "MMAudio decoder loader (VAE)", exc) from exc
+    try:
+        vocoder = load_vocoder(_read_file(vocoder_file, "vocoder"), source=vocoder_file, ops=placement.ops,
+                               dtype=storage)
+    except MMAudioError as exc:
+        raise _named(vocoder_file, "MMAudio decoder loader (vocoder)", exc) from exc
+    decoder = AudioDecoder(vae, vocoder)  # raises IncompatibleComponentsError for a 16k VAE with a 44k vocoder
+    if placement.weight_dtype != placement.compute_dtype:
+        narrow_layer_weights(decoder, placement.weight_dtype)
+    return DecoderHandle(patcher=wrap(placement, decoder=decoder), mode=decoder.mode,
+                         sample_rate=decoder.sample_rate, latent_dim=decoder.latent_dim, placement=placement,
+                         description=decoder.describe())
+
+
+# ---- conditions ----------------------------------------------------------------------------------------------
+def split_prompts(text: str) -> list[str]:
+    """One prompt per non-empty line (surrounding spaces removed)."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def pair_negative_prompts(prompts: Sequence[str], negative_text: str) -> list[str]:
+    """No negative line: none; one line: shared by every prompt; else exactly one line per prompt."""
+    negatives = split_prompts(negative_text)
+    if len(negatives) > 1 and len(negatives) != len(prompts):
+        raise InvalidInputError(
+            f"negative_prompt: {len(negatives)} lines for {len(prompts)} prompts; give one line for all prompts "
+            "or exactly one line per prompt"
+        )
+    return negatives
+
+
+class VisualSource:
+    """Frames to extract features from: an IMAGE batch with its frame rate, or a decoded file with timestamps."""
+
+    def __init__(self, frames: Any, fps: Fraction | float | None, times: torch.Tensor | None, kind: str) -> None:
+        self.frames = frames
+        self.fps = fps
+        self.times = times
+        self.kind = kind
+
+
+def visual_source(images: torch.Tensor | None, fps: float | None, video: Any | None,
+                  duration: float | None) -> VisualSource | None:
+    """What the encode node's visual inputs amount to (None: text-to-audio)."""
+    if images is not None and video is not None:
+        raise InvalidInputError("connect either video or images (with fps), not both")
+    if video is not None:
+        stream_source = getattr(video, "get_stream_source", None)
+        if stream_source is not None:
+            from ..mmaudio.media.reading import read_video_frames
+
+            limit = None if duration is None else duration + 1.0
+            decoded = read_video_frames(stream_source(), max_duration=limit)
+            return VisualSource(decoded.frames, None, decoded.timestamps, "video")
+        components = video.get_components()
+        images, fps = components.images, components.frame_rate
+    if images is None:
+        return None
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise InvalidInputError(f"images: expected an IMAGE batch [frames, height, width, channels], got "
+                                f"{getattr(images, 'shape', type(images).__name__)}")
+    if images.shape[0] == 0:
+        raise InvalidInputError("images: the batch has zero frames")
+    if images.shape[0] > 1 and (fps is None or not float(fps) > 0):
+        raise InvalidInputError(
+            "fps: the frame rate of images is required (connect the fps output of Get Video Components, or "
+            "VideoHelperSuite's loaded_fps); it decides which frames CLIP and Synchformer see"
+        )
+    if images.shape[0] == 1:  # a still image: image-to-audio, the frame rate plays no part
+        return VisualSource(images, 1, None, "image")
+    return VisualSource(images, fps, None, "video")
+
+
+def _encode_clip_frames(clip: Any, clip_u8: torch.Tensor, placement: Placement, progress: Any) -> torch.Tensor:
+    if clip_u8.shape[0] == 0:
+        raise InvalidInputError("the clip is too short: no CLIP frame (8 fps) falls inside the duration")
+    out = []
+    for start in range(0, clip_u8.shape[0], CLIP_CHUNK):
+        chunk = frame_selection.clip_input(clip_u8[start:start + CLIP_CHUNK]).to(placement.load_device)
+        with torch.inference_mode():
+            out.append(clip.encode_images(chunk).float().cpu())
+        progress(min(start + CLIP_CHUNK, clip_u8.shape[0]), clip_u8.shape[0])
+    return torch.cat(out).unsqueeze(0)
+
+
+def encode_conditions(features: FeatureModelsHandle, source: VisualSource | None, prompt: str,
+                      negative_prompt: str, duration: float, mask_away_clip: bool) -> AudioConditions:
+    """CLIP image, Synchformer and CLIP text features for one clip and its prompts (CPU, float32)."""
+    prompts = split_prompts(prompt) or [""]
+    negatives = pair_negative_prompts(prompts, negative_prompt)
+    requested = float(duration) if duration and duration > 0 else None
+
+    clip_f = sync_f = None
+    if source is None:
+        lengths = SequenceLengths.for_duration(requested or TRAINING_DURATION_S, "44k")
+        progress = NodeProgress(1)
+        effective = lengths.duration
+        kind = "text"
+    else:
+        num = frame_selection.frame_count(source.frames)
+        plan = frame_selection.plan_frames(num, source.fps, times=source.times, duration=requested)
+        lengths = SequenceLengths.for_duration(plan.duration, "44k")
+        if len(plan.clip_indices) != lengths.clip_seq_len or (
+                not plan.is_still and num_segments(len(plan.sync_indices)) * 8 != lengths.sync_seq_len):
+            raise InvalidInputError(f"internal frame plan mismatch for {plan.duration:.3f} s")
+        effective = plan.duration
+        kind = "image" if plan.is_still else source.kind
+        clip_units = 0 if mask_away_clip else len(plan.clip_indices)
+        progress = NodeProgress(len(plan.source_indices) + clip_units + len(plan.sync_indices) + 1)
+        prepared = frame_selection.prepare_frames(source.frames, plan, progress=progress.stage(
+            len(plan.source_indices)))
+        if not mask_away_clip:
+            load_for_compute([features.clip], force_full=True)
+            clip = features.clip.model.clip
+            clip_f = _encode_clip_frames(clip, prepared.clip_u8, features.clip_placement,
+                                         progress.stage(clip_units))
+        if not plan.is_still:
+            placement = features.sync_placement
+            load_for_compute([features.synchformer])
+            with torch.inference_mode():
+                sync_f = encode_sync_frames(
+                    features.synchformer.model.synchformer, prepared.sync_u8.unsqueeze(0),
+                    to_input=frame_selection.sync_input, batch=SYNC_SEGMENTS_PER_BATCH,
+                    device=placement.load_device, dtype=placement.compute_dtype,
+                    progress=progress.stage(len(plan.sync_indices)),
+                ).float().cpu()
+        del prepared
+
+    load_for_compute([features.clip], force_full=True)
+    clip_model = features.clip.model.clip
+    with torch.inference_mode():
+        text_f = clip_model.encode_text(prompts).float().cpu()
+        negative_f = clip_model.encode_text(negatives).float().cpu() if negatives else None
+    progress.finish()
+    return AudioConditions(
+        duration=effective, clip_seq_len=lengths.clip_seq_len, sync_seq_len=lengths.sync_seq_len,
+        clip_features=None if clip_f is None else to_output(clip_f),
+        sync_features=None if sync_f is None else to_output(sync_f),
+        text_features=to_output(text_f), negative_text_features=None if negative_f is None else to_output(negative_f),
+        prompts=tuple(prompts), negative_prompts=tuple(negatives), source=kind,
+    )
+
+
+# ---- sampling ------------------------------------------------------------------------------------------------
+def _check_lengths(network: NetworkHandle, conditions: AudioConditions) -> SequenceLengths:
+    lengths = SequenceLengths.for_duration(conditions.duration, network.mode)
+    if (lengths.clip_seq_len, lengths.sync_seq_len) != (conditions.clip_seq_len, conditions.sync_seq_len):
+        raise IncompatibleComponentsError(
+            f"the conditions were made for other sequence lengths (clip {conditions.clip_seq_len}, sync "
+            f"{conditions.sync_seq_len}) than their duration {conditions.duration:g} s needs (clip "
+            f"{lengths.clip_seq_len}, sync {lengths.sync_seq_len}); encode them again"
+        )
+    return lengths
+
+
+def _sampling_memory(network: NetworkHandle, lengths: SequenceLengths, batch: int) -> int:
+    """Rough activation memory of one guided step (both CFG branches in one batch)."""
+    tokens = lengths.latent_seq_len + lengths.clip_seq_len + 77
+    hidden = network.network.hidden_dim
+    itemsize = torch.finfo(network.placement.compute_dtype).bits // 8
+    return int(2 * batch * tokens * hidden * 4 * 6 * itemsize)
+
+
+def sample_latents(network: NetworkHandle, conditions: AudioConditions, seed: int, steps: int, cfg: float,
+                   samples: int) -> AudioLatents:
+    """Euler flow sampling for every prompt of ``conditions`` times ``samples`` (sample k uses seed + k)."""
+    if steps < 1:
+        raise InvalidInputError(f"steps must be at least 1, got {steps}")
+    if samples < 1:
+        raise InvalidInputError(f"samples must be at least 1, got {samples}")
+    if not math.isfinite(cfg) or cfg < 0:
+        raise InvalidInputError(f"cfg must be a finite number >= 0, got {cfg}")
+    lengths = _check_lengths(network, conditions)
+    prompts = conditions.num_prompts
+    batch = prompts * samples
+    progress = NodeProgress(steps)
+
+    placement = network.placement
+    load_for_compute([network.patcher], memory_required=_sampling_memory(network, lengths, batch))
+    net = network.network
+    device, dtype = placement.load_device, placement.compute_dtype
+    net.update_seq_lengths(lengths.latent_seq_len, lengths.clip_seq_len, lengths.sync_seq_len)
+
+    def rows(x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is None or x.shape[0] == 1:
+            return x
+        return x.repeat_interleave(samples, dim=0)
+
+    with torch.inference_mode():
+        cond, empty = sampling.build_conditions(
+            net, clip_f=conditions.clip_features, sync_f=conditions.sync_features,
+            text_f=rows(conditions.text_features), negative_text_f=rows(conditions.negative_text_features),
+            batch_size=batch, dtype=dtype, device=device)
+        noise = torch.cat([sampling.initial_noise(seed, samples, lengths.latent_seq_len, net.latent_dim)
+                           for _ in range(prompts)]).to(device)
+        x1 = sampling.sample(net, noise, cond, empty if cfg >= 1.0 else None, num_steps=steps, cfg_strength=cfg,
+                             callback=lambda k, total, _x: progress.set(k + 1))
+        latents = net.unnormalize(x1.float())
+    return AudioLatents(
+        latents=to_output(latents.float()), mode=network.mode, duration=lengths.duration,
+        sample_rate=lengths.sample_rate, seeds=tuple(seed + k for _ in range(prompts) for k in range(samples)),
+        prompts=tuple(p for p in conditions.prompts for _ in range(samples)),
+    )
+
+
+# ---- decoding ------------------------------------------------------------------------------------------------
+def decode_audio(decoder: DecoderHandle, latents: AudioLatents) -> dict[str, Any]:
+    """ComfyUI AUDIO: float32 waveform [B, 1, samples] on the CPU, trimmed to the duration."""
+    if latents.mode != decoder.mode or latents.latents.shape[-1] != decoder.latent_dim:
+        raise IncompatibleComponentsError(
+            f"the latents come from a {MODE_WORDS.get(latents.mode, latents.mode)} network but the decoder is "
+            f"{decoder.description}; load the decoder files of the network's mode"
+        )
+    batch = latents.latents.shape[0]
+    progress = NodeProgress(batch)
+    model = decoder.decoder
+    samples = model.num_samples(latents.duration)
+    memory = int(samples * 2048 * 4)  # the vocoder's widest activations, one sample at a time
+    load_for_compute([decoder.patcher], memory_required=memory)
+    waves = []
+    with torch.inference_mode():
+        for row in range(batch):
+            latent = latents.latents[row:row + 1].to(decoder.placement.load_device)
+            waves.append(model.decode(latent, num_samples=samples).float().cpu())
+            progress.set(row + 1)
+    return {"waveform": torch.cat(waves).contiguous(), "sample_rate": int(decoder.sample_rate)}
+

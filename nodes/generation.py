@@ -1,0 +1,136 @@
+"""The three compute nodes: encode conditions (video/image/text), sample latents, decode to AUDIO."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from comfy_api.latest import io
+
+from . import adapters
+from .types import ConditionsType, DecoderType, FeatureModelsType, LatentType, NetworkType
+
+CATEGORY = "audio/MMAudio"
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+class MMAudioSyncEncodeConditions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MMAudioSyncEncodeConditions",
+            display_name="MMAudio Encode Conditions",
+            category=CATEGORY,
+            description=(
+                "Turns a clip and prompts into MMAudio conditions. Frames are picked by time at 8 fps (CLIP) and "
+                "25 fps (Synchformer) from the clip's real frame rate, as the reference reads a video file. "
+                "Connect a VIDEO, or IMAGE frames with their fps, a single image (image-to-audio), or nothing "
+                "(text-to-audio)."
+            ),
+            inputs=[
+                FeatureModelsType.Input("feature_models", tooltip="From MMAudio Feature Models Loader."),
+                io.Image.Input("images", optional=True,
+                               tooltip="Frames of the clip (IMAGE batch), e.g. from Get Video Components or "
+                                       "VideoHelperSuite's Load Video; needs fps. A single image gives "
+                                       "image-to-audio and needs a duration."),
+                io.Float.Input("fps", optional=True, default=0.0, min=0.0, max=1000.0, step=0.001,
+                               tooltip="Frame rate of images: connect Get Video Components' fps or VHS's "
+                                       "loaded_fps. Required with more than one image; ignored with video."),
+                io.Video.Input("video", optional=True,
+                               tooltip="A VIDEO (e.g. Load Video). A video file is decoded with its own "
+                                       "timestamps, frame by frame; use either this or images."),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="What should be heard. One prompt per line: each line becomes its own "
+                                        "generation in the batch (same clip). Empty: no text guidance."),
+                io.String.Input("negative_prompt", multiline=True, default="",
+                                tooltip="What should not be heard, e.g. 'music'. One line for every prompt, or "
+                                        "exactly one line per prompt line. Empty: the model's unconditional "
+                                        "prompt."),
+                io.Float.Input("duration", default=0.0, min=0.0, max=300.0, step=0.01,
+                               tooltip="Seconds of audio. 0 uses the clip length (8 s, the training length, "
+                                       "without a clip). Longer than the clip: cut to the clip. The models were "
+                                       "trained on 8 s; far longer or shorter may sound worse."),
+                io.Boolean.Input("mask_away_clip", default=False,
+                                 tooltip="Ignore what the frames show (CLIP) and keep only their timing "
+                                         "(Synchformer): sound follows the prompt, synced to the motion."),
+            ],
+            outputs=[
+                ConditionsType.Output(display_name="conditions",
+                                      tooltip="Features for the sampler, with their duration (kept on the CPU)."),
+                io.Float.Output(display_name="duration",
+                                tooltip="Seconds of audio the conditions were made for (after fitting the clip)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, feature_models: Any, prompt: str, negative_prompt: str, duration: float,
+                mask_away_clip: bool, images: torch.Tensor | None = None, fps: float | None = None,
+                video: Any | None = None) -> io.NodeOutput:
+        requested = duration if duration and duration > 0 else None
+        source = adapters.visual_source(images, fps, video, requested)
+        conditions = adapters.encode_conditions(feature_models, source, prompt, negative_prompt, duration,
+                                                mask_away_clip)
+        return io.NodeOutput(conditions, float(conditions.duration))
+
+
+class MMAudioSyncSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MMAudioSyncSampler",
+            display_name="MMAudio Sampler",
+            category=CATEGORY,
+            description=(
+                "Generates audio latents with the MMAudio flow network (Euler steps with classifier-free "
+                "guidance) for the duration the conditions were made for. Noise comes from a CPU generator, so a "
+                "seed gives the same audio on any device."
+            ),
+            inputs=[
+                NetworkType.Input("network", tooltip="From MMAudio Network Loader."),
+                ConditionsType.Input("conditions", tooltip="From MMAudio Encode Conditions."),
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
+                             tooltip="Noise seed. Sample k of every prompt uses seed + k, so each prompt line gets "
+                                     "the same noise and prompts can be compared."),
+                io.Int.Input("steps", default=25, min=1, max=500,
+                             tooltip="Euler steps (network evaluations per sample, times two with guidance). "
+                                     "25 is the reference setting."),
+                io.Float.Input("cfg", default=4.5, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance strength: how strongly the audio follows the "
+                                       "video and prompt. 4.5 is the reference setting; below 1 disables "
+                                       "guidance (half the compute)."),
+                io.Int.Input("samples", default=1, min=1, max=64,
+                             tooltip="Generations per prompt line (consecutive seeds). The batch holds prompt 1's "
+                                     "samples first, then prompt 2's, and so on."),
+            ],
+            outputs=[LatentType.Output(display_name="latents",
+                                       tooltip="Audio latents for MMAudio Decode (kept on the CPU).")],
+        )
+
+    @classmethod
+    def execute(cls, network: Any, conditions: Any, seed: int, steps: int, cfg: float,
+                samples: int) -> io.NodeOutput:
+        return io.NodeOutput(adapters.sample_latents(network, conditions, seed, steps, cfg, samples))
+
+
+class MMAudioSyncDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MMAudioSyncDecode",
+            display_name="MMAudio Decode",
+            category=CATEGORY,
+            description=(
+                "Turns latents into audio with the VAE and vocoder: mono, 16000 Hz or 44100 Hz as the network's "
+                "mode says, cut to the conditions' duration. Connect Preview Audio, Save Audio or Create Video."
+            ),
+            inputs=[
+                DecoderType.Input("decoder", tooltip="From MMAudio Decoder Loader, of the network's mode."),
+                LatentType.Input("latents", tooltip="From MMAudio Sampler."),
+            ],
+            outputs=[io.Audio.Output(display_name="audio",
+                                     tooltip="Mono waveform batch (one entry per generation) at the model's rate.")],
+        )
+
+    @classmethod
+    def execute(cls, decoder: Any, latents: Any) -> io.NodeOutput:
+        return io.NodeOutput(adapters.decode_audio(decoder, latents))
