@@ -43,7 +43,7 @@ def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
 
 def _linspace(start: float, stop: float, num: int) -> torch.Tensor:
     """Evenly spaced float64 values computed as start + i·step with an exact end point (numpy's rule)."""
-    values = torch.arange(num, dtype=torch.float64) * ((stop - start) / (num - 1)) + start
+    values = torch.arange(num, dtype=torch.float64, device="cpu") * ((stop - start) / (num - 1)) + start
     values[-1] = stop
     return values
 
@@ -57,9 +57,10 @@ def slaney_mel_filterbank(sample_rate: float, n_fft: int, n_mels: int, fmin: flo
     librosa does (triangles to float32, then scaled), which reproduces its values.
     """
     fmax = sample_rate / 2.0 if fmax is None else float(fmax)
-    fft_freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * (1.0 / (n_fft * (1.0 / sample_rate)))
-    mel_points = _linspace(float(hz_to_mel(torch.tensor(float(fmin), dtype=torch.float64))),
-                           float(hz_to_mel(torch.tensor(fmax, dtype=torch.float64))), n_mels + 2)
+    cpu64 = {"dtype": torch.float64, "device": "cpu"}  # explicit: also right under a meta-device context
+    fft_freqs = torch.arange(n_fft // 2 + 1, **cpu64) * (1.0 / (n_fft * (1.0 / sample_rate)))
+    mel_range = hz_to_mel(torch.tensor([float(fmin), fmax], **cpu64))
+    mel_points = _linspace(float(mel_range[0]), float(mel_range[1]), n_mels + 2)
     edges_hz = mel_to_hz(mel_points)
     widths = edges_hz[1:] - edges_hz[:-1]
     ramps = edges_hz[:, None] - fft_freqs[None, :]
@@ -123,7 +124,7 @@ class MelConverter(nn.Module):
         if device.type == "meta":
             device = torch.device("cpu")
         self.mel_basis = slaney_mel_filterbank(c.sampling_rate, c.n_fft, c.num_mels, c.fmin, c.fmax).to(device)
-        self.window = torch.hann_window(c.win_size, periodic=True, dtype=torch.float32, device=device)
+        self.window = torch.hann_window(c.win_size, periodic=True, dtype=torch.float32, device="cpu").to(device)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         c = self.config

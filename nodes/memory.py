@@ -148,7 +148,7 @@ def pin_loose_tensors(patcher: comfy.model_patcher.ModelPatcher) -> None:
             module._buffers[name] = module._buffers[name].to(device)
         else:
             param = module._parameters[name]
-            param.data = param.data.to(device)
+            module._parameters[name] = nn.Parameter(param.detach().to(device), requires_grad=param.requires_grad)
 
 
 def load_for_compute(patchers: list[comfy.model_patcher.ModelPatcher], memory_required: int = 0,

@@ -54,3 +54,25 @@ def stubbed_pack(models_dir: Path) -> Iterator[ModuleType]:
             unload_pack()
     finally:
         uninstall()
+
+
+def tiny_models_dir(base: Path) -> Path:
+    """The small random-weight models (written once per test session under ``base``)."""
+    from .comfy_stub import tiny_weights
+
+    folder = base / "mmaudio_tiny_models"
+    done = folder / ".complete"
+    if not done.exists():
+        tiny_weights.write_models(folder, allow_full_clip=False)
+        done.write_text("ok")
+    return folder
+
+
+def models_root_with(base: Path, models: Path, name: str = "comfy_models") -> Path:
+    """A ComfyUI models directory whose ``mmaudio`` folder is ``models`` (a symlink, nothing copied)."""
+    root = base / name
+    root.mkdir(parents=True, exist_ok=True)
+    link = root / "mmaudio"
+    if not link.exists():
+        link.symlink_to(models, target_is_directory=True)
+    return root

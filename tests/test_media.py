@@ -32,15 +32,22 @@ def square_frames(count: int, height: int, width: int, step: int) -> np.ndarray:
     return frames
 
 
-def write_clip(path: Path, fps: Fraction | int, count: int, codec: str = "libx264", step: int = 2,
-               size: tuple[int, int] = (48, 64)) -> Path:
+def write_clip(
+    path: Path,
+    fps: Fraction | int,
+    count: int,
+    codec: str = "libx264",
+    step: int = 2,
+    size: tuple[int, int] = (48, 64),
+    first_pts: int = 0,
+) -> Path:
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = size
         stream.pix_fmt = "yuv420p"
         for i, rgb in enumerate(square_frames(count, *size, step)):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts, frame.time_base = i, 1 / Fraction(fps)
+            frame.pts, frame.time_base = first_pts + i, 1 / Fraction(fps)
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode(None):
@@ -125,9 +132,12 @@ def test_probe_counts_frames_in_containers_without_a_frame_count(clips: dict[str
     assert info.duration == pytest.approx(expected_count / expected_fps, abs=2e-3)  # 1 ms timestamps
 
 
-@pytest.mark.parametrize(("name", "fps", "count", "step"), [("12fps", Fraction(12), 24, 2), ("ntsc", Fraction(30000, 1001), 30, 1)])
-def test_read_gives_every_frame_with_its_own_timestamp(clips: dict[str, Path], name: str, fps: Fraction,
-                                                      count: int, step: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "fps", "count", "step"), [("12fps", Fraction(12), 24, 2), ("ntsc", Fraction(30000, 1001), 30, 1)]
+)
+def test_read_gives_every_frame_with_its_own_timestamp(
+    clips: dict[str, Path], name: str, fps: Fraction, count: int, step: int
+) -> None:
     video = media.read_video_frames(clips[name])
     assert video.frames.dtype == torch.uint8
     assert tuple(video.frames.shape) == (count, 48, 64, 3)
@@ -179,8 +189,9 @@ CONTAINER_CODECS = [
 
 
 @pytest.mark.parametrize(("clip", "container", "codec"), CONTAINER_CODECS)
-def test_mux_copies_video_packets_and_fits_audio_to_the_video(clips: dict[str, Path], tmp_path: Path, clip: str,
-                                                               container: str, codec: str) -> None:
+def test_mux_copies_video_packets_and_fits_audio_to_the_video(
+    clips: dict[str, Path], tmp_path: Path, clip: str, container: str, codec: str
+) -> None:
     source = clips[clip]
     out = tmp_path / f"out.{container}"
     written = media.mux_audio_into_video(source, tone(1.3, 44100), 44100, out, container=container, audio_codec=codec)
@@ -205,6 +216,19 @@ def test_mux_copies_video_packets_and_fits_audio_to_the_video(clips: dict[str, P
     assert samples.shape[0] == 2
 
 
+@pytest.mark.parametrize("rate", [16000, 44100])
+def test_opus_is_always_written_at_48k(clips: dict[str, Path], tmp_path: Path, rate: int) -> None:
+    out = tmp_path / "opus.webm"
+    media.mux_audio_into_video(clips["webm"], tone(2.0, rate, freq=1000.0), rate, out)
+    with av.open(str(out)) as handle:
+        assert handle.streams.audio[0].sample_rate == 48000
+    samples, decoded_rate, _, frame = decoded_audio(out)
+    assert decoded_rate == 48000 and abs(samples.shape[1] - 96000) <= frame
+    # still a 1 kHz tone after resampling: over one second (1 Hz bins) the spectrum peaks at bin 1000
+    spectrum = np.abs(np.fft.rfft(samples[0, 4800 : 4800 + 48000]))
+    assert int(np.argmax(spectrum)) == pytest.approx(1000, abs=2)
+
+
 def test_mux_pads_short_audio_with_silence(clips: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "padded.mkv"
     media.mux_audio_into_video(clips["12fps"], tone(0.5, 16000, channels=1), 16000, out, audio_codec="flac")
@@ -219,8 +243,21 @@ def test_mux_trims_long_audio(clips: dict[str, Path], tmp_path: Path) -> None:
     audio = tone(5.0, 16000)
     media.mux_audio_into_video(clips["12fps"], audio[None], 16000, out)  # [1, C, T]; mkv -> FLAC by default
     samples, rate, _, _ = decoded_audio(out)
-    assert samples.shape == (2, 32000)
+    assert rate == 16000 and samples.shape == (2, 32000)
     np.testing.assert_allclose(samples, audio[:, :32000].numpy(), atol=1.5 / 32768)
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_audio_starts_with_the_first_frame_of_a_late_starting_video(tmp_path: Path, container: str) -> None:
+    source = write_clip(tmp_path / f"late.{container}", 12, 24, first_pts=18)  # first frame at 1.5 s
+    info = media.probe_video(source)
+    assert info.start_time == 1.5 and info.duration == pytest.approx(2.0, abs=1e-3)
+    assert media.read_video_frames(source).timestamps[0].item() == 1.5
+    out = tmp_path / f"out.{container}"
+    media.mux_audio_into_video(source, tone(3.0, 16000), 16000, out, audio_codec="flac")
+    samples, rate, start, _ = decoded_audio(out)
+    assert start == pytest.approx(1.5, abs=1e-3)
+    assert rate == 16000 and samples.shape[1] == 32000
 
 
 def test_default_codec_follows_the_container(clips: dict[str, Path], tmp_path: Path) -> None:
@@ -282,6 +319,17 @@ def test_mux_from_frames_to_webm_uses_vp9_and_opus(tmp_path: Path) -> None:
     assert abs(samples.shape[1] / rate - info.duration) <= frame / rate
 
 
+def test_encode_frames_writes_a_silent_video_atomically(tmp_path: Path) -> None:
+    out = media.encode_frames(
+        torch.from_numpy(square_frames(6, 48, 64, 2)), Fraction(24000, 1001), tmp_path / "v.mkv", container="mkv"
+    )
+    info = media.probe_video(out)
+    assert info.frame_count == 6 and not info.has_audio and info.fps == Fraction(24000, 1001)
+    with pytest.raises(InvalidInputError, match="NaN"):
+        media.encode_frames(torch.full((3, 16, 16, 3), float("nan")), 12, tmp_path / "bad.mp4")
+    assert listing(tmp_path) == {"v.mkv"}
+
+
 def test_odd_frame_sizes_are_padded_for_h264_and_alpha_is_dropped(tmp_path: Path) -> None:
     frames = torch.rand(5, 47, 63, 4)
     out = tmp_path / "odd.mp4"
@@ -314,8 +362,9 @@ def test_batch_needs_one_path_per_sample(clips: dict[str, Path], tmp_path: Path)
     assert listing(tmp_path) == set()
 
 
-def test_a_failure_late_in_a_batch_leaves_no_file(clips: dict[str, Path], tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failure_late_in_a_batch_leaves_no_file(
+    clips: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = muxing._write_with_audio
     calls = []
 
@@ -374,16 +423,21 @@ def _bad_sources(folder: Path) -> dict[str, tuple[object, str]]:
     return {
         "missing": (folder / "does_not_exist.mp4", "cannot read"),
         "garbage": (folder / "garbage.mp4", "cannot read"),
+        "truncated": (folder / "truncated.mp4", "cannot read"),
+        "empty": (folder / "empty.mp4", "cannot read"),
         "audio only": (audio_only, "no video stream"),
+        "in-memory garbage": (io.BytesIO(b"nothing to see"), "cannot read"),
     }
 
 
-def test_unreadable_sources_raise_invalid_input(tmp_path: Path) -> None:
+def test_unreadable_sources_raise_invalid_input(clips: dict[str, Path], tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
     out = tmp_path / "out"
     out.mkdir()
-    truncated = inputs / "truncated.mkv"
+    whole = clips["12fps"].read_bytes()
+    (inputs / "truncated.mp4").write_bytes(whole[: len(whole) // 2])  # the index (moov) is lost
+    (inputs / "empty.mp4").write_bytes(b"")
     for name, (source, message) in _bad_sources(inputs).items():
         with pytest.raises(InvalidInputError, match=message):
             media.probe_video(source)
@@ -393,9 +447,6 @@ def test_unreadable_sources_raise_invalid_input(tmp_path: Path) -> None:
             media.mux_audio_into_video(source, tone(1.0, 16000), 16000, out / f"{name}.mp4")
     with pytest.raises(InvalidInputError, match="file path or a binary file"):
         media.probe_video(12345)
-    truncated.write_bytes(b"")
-    with pytest.raises(InvalidInputError):
-        media.mux_audio_into_video(truncated, tone(1.0, 16000), 16000, out / "t.mp4")
     assert listing(out) == set()
 
 
@@ -411,8 +462,9 @@ def test_unreadable_sources_raise_invalid_input(tmp_path: Path) -> None:
         (torch.zeros(2, 100, dtype=torch.bool), "dtype"),
     ],
 )
-def test_bad_waveforms_raise_before_writing(clips: dict[str, Path], tmp_path: Path, waveform: torch.Tensor,
-                                            message: str) -> None:
+def test_bad_waveforms_raise_before_writing(
+    clips: dict[str, Path], tmp_path: Path, waveform: torch.Tensor, message: str
+) -> None:
     with pytest.raises(InvalidInputError, match=message):
         media.mux_audio_into_video(clips["12fps"], waveform, 16000, tmp_path / "x.mp4")
     assert listing(tmp_path) == set()
@@ -454,9 +506,36 @@ def test_codec_that_the_container_cannot_hold(clips: dict[str, Path], tmp_path: 
 
 
 def test_auto_container_for_a_codec_mp4_cannot_hold(tmp_path: Path) -> None:
-    source = write_clip(tmp_path / "utvideo.mkv", 12, 6, codec="utvideo")
+    source = write_clip(tmp_path / "vp8.mkv", 12, 6, codec="libvpx")
     assert media.container_for_source(source) == "mkv"
     out = media.mux_audio_into_video(source, tone(0.5, 16000), 16000, tmp_path / "auto")  # no extension
     with av.open(str(out[0])) as handle:
         assert "matroska" in handle.format.name
-        assert handle.streams.video[0].codec_context.name == "utvideo"
+        assert handle.streams.video[0].codec_context.name == "vp8"
+
+
+def test_progress_reports_frames_and_files_and_can_abort(tmp_path: Path) -> None:
+    frames = torch.from_numpy(square_frames(12, 48, 64, 2))
+    reports: list[tuple[int, int]] = []
+    media.mux_audio_into_video(
+        frames,
+        torch.zeros(2, 1, 800),
+        16000,
+        tmp_path / "p{index}.mp4",
+        fps=12,
+        progress=lambda done, total: reports.append((done, total)),
+    )
+    assert reports[-1] == (14, 14)  # 12 frames encoded + 2 files written
+    assert [d for d, _ in reports] == sorted(d for d, _ in reports)
+
+    class CancelledError(Exception):
+        pass
+
+    def cancel(done: int, total: int) -> None:
+        if done >= 5:
+            raise CancelledError
+
+    folder = tmp_path / "cancelled"
+    with pytest.raises(CancelledError):
+        media.mux_audio_into_video(frames, torch.zeros(1, 800), 16000, folder / "c.mp4", fps=12, progress=cancel)
+    assert listing(folder) == set()

@@ -136,3 +136,15 @@ def test_rms_norm_uses_float32_epsilon_for_bf16() -> None:
     expected = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + torch.finfo(torch.float32).eps)
     with torch.no_grad():
         assert torch.equal(norm(x), expected.bfloat16())
+
+
+def test_tables_made_in_inference_mode_work_with_autograd() -> None:
+    net = _tiny_v2(hidden=32)
+    with torch.inference_mode():
+        net.set_duration(2.0)  # rebuilds the rotary tables inside inference mode, as a ComfyUI node would
+        conditions = net.get_empty_conditions(1)
+        net.predict_flow(torch.randn(1, net.latent_seq_len, 8), torch.tensor([0.5]), conditions)
+    latent = torch.randn(1, net.latent_seq_len, 8, requires_grad=True)
+    flow = net.predict_flow(latent, torch.tensor([0.5]), net.get_empty_conditions(1))
+    flow.sum().backward()
+    assert latent.grad is not None and torch.isfinite(latent.grad).all()

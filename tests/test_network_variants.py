@@ -163,3 +163,28 @@ def test_error_message_without_the_identify_module(monkeypatch: pytest.MonkeyPat
         config_from_state_dict(_manifest_shapes(load_manifest("vae_v1-44.json")))
     assert "VAE" in str(info.value) and "v1-44.pth" in str(info.value)
     assert "mmaudio_large_44k_v2.pth" in str(info.value)
+
+
+def test_every_layer_is_built_through_ops() -> None:
+    from types import SimpleNamespace
+
+    from mmaudio.ops import default_ops
+
+    base = default_ops()
+    made: list[str] = []
+
+    def recording(cls: type) -> type:
+        class Recording(cls):  # type: ignore[misc, valid-type]
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, **kwargs)
+                made.append(cls.__name__)
+
+        return Recording
+
+    ops = SimpleNamespace(**{name: recording(getattr(base, name)) for name in vars(base)})
+    with torch.device("meta"):
+        net = MMAudioNetwork(VARIANTS["small_16k"], ops=ops)
+    layer_types = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.LayerNorm, torch.nn.Embedding)
+    layers = [m for m in net.modules() if isinstance(m, layer_types)]
+    assert layers and len(layers) == len(made)
+    assert all(any(isinstance(m, getattr(ops, name)) for name in vars(ops)) for m in layers)

@@ -147,7 +147,7 @@ def test_decoder_only_checkpoint_decodes_but_cannot_encode() -> None:
     assert vae.encoder is None
     with torch.no_grad():
         assert vae.decode(torch.zeros(1, 20, 3)).shape == (1, 80, 6)
-    with pytest.raises(WrongCheckpointError, match="decoder_only.safetensors"):
+    with pytest.raises(WrongCheckpointError, match=r"decoder_only\.safetensors"):
         vae.encode(torch.zeros(1, 80, 8))
 
 

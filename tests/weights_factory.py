@@ -43,8 +43,9 @@ MANIFESTS: dict[str, str] = {
 NETWORKS = ("small_16k", "small_44k", "medium_44k", "large_44k", "large_44k_v2")
 
 # Wide dimension -> small dimension, per width family (each original value is mapped once, independently).
-_SMALL_NET = {448: 64, 1280: 256, 1344: 192, 2688: 384, 896: 128}
-_LARGE_NET = {896: 128, 2560: 512, 2688: 384, 5376: 768, 1792: 256}
+# (hidden 448 -> 32 and 896 -> 64 with head size 64 -> 32; SwiGLU widths follow the 2/3 rule rounded to 256)
+_SMALL_NET = {448: 32, 1280: 256, 1344: 96, 2688: 192, 896: 64, 64: 32}
+_LARGE_NET = {896: 64, 2560: 256, 2688: 192, 5376: 384, 1792: 128, 64: 32}
 _BIGVGAN = {1536: 128, 768: 64, 384: 32, 192: 16, 96: 8, 48: 4, 24: 2}
 SCALES: dict[str, dict[int, int]] = {
     "small_16k": _SMALL_NET, "small_44k": _SMALL_NET,
@@ -53,7 +54,7 @@ SCALES: dict[str, dict[int, int]] = {
     "vae_44k": {512: 24, 1024: 48, 2048: 96, 6144: 288},
     "vocoder_16k": _BIGVGAN, "vocoder_44k": _BIGVGAN,
     "synchformer": {768: 32, 2304: 96, 3072: 128},
-    "clip": {1280: 64, 3840: 192, 5120: 256, 1024: 32, 3072: 96, 4096: 128, 49408: 500},
+    "clip": {1280: 32, 3840: 96, 5120: 128, 1024: 32, 3072: 96, 4096: 128, 49408: 500},
 }
 
 # Synchformer's audio branch and sync head are in the published file but not in the manifest; a few tensors
@@ -110,11 +111,11 @@ def write_kijai(component: str, path: Path, *, dtype: torch.dtype = torch.float1
                 with_audio_branch: bool = True) -> dict[str, torch.Tensor]:
     """A flat safetensors with the original key names (Kijai's conversions); returns the component's tensors."""
     state_dict = random_state_dict(scaled_shapes(component), dtype, seed)
+    if component == "clip":  # Kijai's CLIP stores logit_scale with shape [1]
+        state_dict["logit_scale"] = state_dict["logit_scale"].reshape(1)
     tensors = dict(state_dict)
     if component == "synchformer" and with_audio_branch:
         tensors.update(random_state_dict(_AUDIO_BRANCH, dtype, seed=99))
-    if component == "clip":  # Kijai's CLIP stores logit_scale with shape [1]
-        tensors["logit_scale"] = tensors["logit_scale"].reshape(1)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
     return state_dict

@@ -142,12 +142,16 @@ class ClipEncoder(nn.Module):
         self.std = torch.tensor(std, device=device).view(3, 1, 1)
         self.model.attn_mask = causal_mask(self.context_length, device)
 
-    def encode_images(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) float in [0, 1] (384 px in MMAudio) -> (N, 1024) L2-normalised image embeddings."""
+    def encode_images(self, frames: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """(N, 3, H, W) float in [0, 1] (384 px in MMAudio) -> (N, 1024) L2-normalised image embeddings.
+
+        ``device``: where to compute (default: where the normalisation buffers live, i.e. the model's device).
+        """
         if frames.ndim != 4 or frames.shape[1] != 3:
             raise InvalidInputError(f"CLIP frames: got shape {tuple(frames.shape)}; expected (N, 3, H, W)")
-        x = frames.to(device=self.mean.device, dtype=torch.float32)
-        x = (x - self.mean) / self.std
+        device = device or self.mean.device
+        x = frames.to(device=device, dtype=torch.float32)
+        x = (x - self.mean.to(device)) / self.std.to(device)
         return self.model.encode_image(x.to(self.dtype), normalize=True)
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:

@@ -77,12 +77,22 @@ def _compute_dtype(stored: torch.dtype, device: torch.device) -> torch.dtype:
 
 
 class FeatureExtractor(nn.Module):
-    """Holds CLIP (image + text) and the Synchformer visual encoder; either may be absent."""
+    """Holds CLIP (image + text) and the Synchformer visual encoder; either may be absent.
 
-    def __init__(self, clip: ClipEncoder | None = None, synchformer: SynchformerVisual | None = None) -> None:
+    Inputs go to the device of each model's weights unless ``device`` names another one (a memory manager that
+    leaves some weights on the CPU and computes elsewhere).
+    """
+
+    def __init__(
+        self,
+        clip: ClipEncoder | None = None,
+        synchformer: SynchformerVisual | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__()
         self.clip = clip
         self.synchformer = synchformer
+        self.device = torch.device(device) if device is not None else None
 
     @classmethod
     def from_state_dicts(
@@ -128,7 +138,7 @@ class FeatureExtractor(nn.Module):
         with torch.no_grad():
             for start in range(0, len(unique_slots), batch):
                 rows = unique_slots[start:start + batch]
-                out.append(clip.encode_images(clip_input(prepared.clip_u8[rows])).float().cpu())
+                out.append(clip.encode_images(clip_input(prepared.clip_u8[rows]), self.device).float().cpu())
                 if progress is not None:
                     progress(min(start + batch, len(unique_slots)), len(unique_slots))
         feats = torch.cat(out)
@@ -142,7 +152,7 @@ class FeatureExtractor(nn.Module):
         if self.synchformer is None:
             raise InvalidInputError("Synchformer is not loaded; load the feature models with a Synchformer file")
         model = self.synchformer
-        device = model.pos_embed.device
+        device = self.device or model.pos_embed.device
         with torch.no_grad():
             return encode_sync_frames(
                 model, prepared.sync_u8.unsqueeze(0), to_input=sync_input, batch=batch, device=device,
@@ -160,7 +170,7 @@ class FeatureExtractor(nn.Module):
         with_clip: bool = True,
         clip_batch: int = 16,
         sync_batch: int = 8,
-        chunk_size: int = 8,
+        chunk_size: int | None = None,
         progress: Progress | None = None,
     ) -> VideoFeatures:
         """Choose, resize and encode the frames of one clip (IMAGE [N,H,W,C] + fps, or explicit timestamps).

@@ -164,15 +164,14 @@ def plan_frames(
         raise InvalidInputError(f"frames: got {num_frames!r} frames; expected at least one frame")
     requested = _check_duration(duration)
     rate = exact_rate(fps) if fps is not None else None
+    if num_frames == 1:
+        return _plan_still(requested)
     if times is not None:
         frame_t = _check_times(times, num_frames)
     elif rate is not None:
         frame_t = [float(Fraction(i) / rate) for i in range(num_frames)]
     else:
         raise InvalidInputError("fps: a frame rate (or explicit per-frame timestamps) is required for video frames")
-
-    if num_frames == 1:
-        return _plan_still(requested)
 
     if rate is not None:
         clip_length = frame_t[-1] + 1.0 / float(rate)
@@ -283,7 +282,7 @@ def check_frames(frames: Frames) -> tuple[int, int, int, int]:
 
 
 def gather_frames(frames: Frames, indices: Sequence[int]) -> torch.Tensor:
-    """The listed frames as a new [k, H, W, C] CPU tensor (only these frames are copied)."""
+    """The listed frames as a new [k, H, W, C] CPU tensor (only these frames are copied, never the input)."""
     if isinstance(frames, torch.Tensor):
         idx = torch.as_tensor(list(indices), dtype=torch.long, device=frames.device)
         chunk = frames.index_select(0, idx)
@@ -294,15 +293,26 @@ def gather_frames(frames: Frames, indices: Sequence[int]) -> torch.Tensor:
     return chunk.cpu()
 
 
+def auto_chunk_size(height: int, width: int, channels: int, budget_bytes: int = 128 * 2**20) -> int:
+    """How many float32 source frames fit in ``budget_bytes`` (1 to 32): the chunk held at full resolution."""
+    return max(1, min(32, budget_bytes // max(1, height * width * channels * 4)))
+
+
 def quantize(chunk: torch.Tensor) -> torch.Tensor:
     """[k,H,W,C] float 0..1 or uint8 -> [k,H,W,3] uint8: round(x*255), gray expanded, alpha dropped.
 
     The reference resizes uint8 frames, and a ComfyUI IMAGE is exactly uint8/255, so rounding recovers the
     decoder's pixels bit for bit.
     """
+    return _quantize(chunk, owned=False)
+
+
+def _quantize(chunk: torch.Tensor, owned: bool) -> torch.Tensor:
+    # ``owned``: the chunk is a private copy (gathered frames), so float32 input is scaled in place.
     if chunk.dtype != torch.uint8:
-        x = chunk.to(torch.float32) * 255.0
+        x = chunk.mul_(255.0) if owned and chunk.dtype == torch.float32 else chunk.to(torch.float32) * 255.0
         chunk = x.nan_to_num_(0.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
+        del x
     c = chunk.shape[-1]
     if c == 4:
         chunk = chunk[..., :3]
@@ -368,17 +378,20 @@ def prepare_frames(
     frames: Frames,
     plan: FramePlan,
     *,
-    chunk_size: int = 8,
+    chunk_size: int | None = None,
     progress: Progress | None = None,
 ) -> PreparedFrames:
     """Quantize and resize only the planned source frames, ``chunk_size`` of them at a time.
 
-    Each source frame is read once even when several slots use it. ``progress(done, total)`` is called after every
-    chunk (total = number of distinct source frames) and may raise to interrupt.
+    Each source frame is read once even when several slots use it; ``chunk_size`` None picks as many as fit in
+    128 MiB at full resolution. ``progress(done, total)`` is called after every chunk (total = number of distinct
+    source frames) and may raise to interrupt.
     """
-    n, _, _, _ = check_frames(frames)
+    n, h, w, c = check_frames(frames)
     if n != plan.num_source_frames:
         raise InvalidInputError(f"frames: the plan is for {plan.num_source_frames} frames but {n} were given")
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(h, w, c)
     if chunk_size < 1:
         raise InvalidInputError(f"chunk_size must be at least 1, got {chunk_size}")
     clip_slots: dict[int, list[int]] = {}
@@ -393,7 +406,7 @@ def prepare_frames(
     sources = plan.source_indices
     for start in range(0, len(sources), chunk_size):
         chunk_src = sources[start:start + chunk_size]
-        u8 = quantize(gather_frames(frames, chunk_src))
+        u8 = _quantize(gather_frames(frames, chunk_src), owned=True)
         _scatter(u8, chunk_src, clip_slots, resize_for_clip, clip_u8)
         _scatter(u8, chunk_src, sync_slots, resize_for_sync, sync_u8)
         del u8
@@ -412,7 +425,7 @@ def _scatter(
     rows = [j for j, src in enumerate(chunk_src) if src in slots_of]
     if not rows:
         return
-    resized = resize(u8[rows])
+    resized = resize(u8 if len(rows) == len(chunk_src) else u8[rows])
     for r, j in enumerate(rows):
         for slot in slots_of[chunk_src[j]]:
             out[slot] = resized[r]
@@ -424,7 +437,7 @@ def select_and_prepare(
     *,
     times: Sequence[float] | torch.Tensor | None = None,
     duration: float | None = None,
-    chunk_size: int = 8,
+    chunk_size: int | None = None,
     progress: Progress | None = None,
 ) -> PreparedFrames:
     """:func:`plan_frames` then :func:`prepare_frames`; every input check happens before any pixel is touched."""

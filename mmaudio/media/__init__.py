@@ -5,7 +5,14 @@ produces its files atomically (temporary name beside the target, renamed on succ
 """
 
 from .audio import AUDIO_ENCODERS, AUDIO_FILE_FORMATS, write_audio
-from .muxing import CONTAINERS, container_for_source, encode_frames, mux_audio_into_video, resolve_output_paths
+from .muxing import (
+    CONTAINERS,
+    ProgressCallback,
+    container_for_source,
+    encode_frames,
+    mux_audio_into_video,
+    resolve_output_paths,
+)
 from .reading import FrameChunk, VideoFrames, VideoInfo, iter_video_frames, probe_video, read_video_frames
 from .sources import MediaSource, as_frame_rate
 
@@ -15,6 +22,7 @@ __all__ = [
     "CONTAINERS",
     "FrameChunk",
     "MediaSource",
+    "ProgressCallback",
     "VideoFrames",
     "VideoInfo",
     "as_frame_rate",

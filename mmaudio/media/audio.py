@@ -2,7 +2,7 @@
 
 Waveforms arrive as ComfyUI's AUDIO layout, float ``[B, C, T]`` (or ``[C, T]``) in -1..1. Encoders are picked
 from what PyAV's bundled FFmpeg actually has, and sample rates an encoder cannot take (44.1 kHz for Opus) are
-converted with ``av.AudioResampler`` rather than refused.
+converted with ``av.AudioResampler`` rather than refused; Opus is always written at 48 kHz.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ AUDIO_ENCODERS: dict[str, tuple[str, ...]] = {
 }
 # Lossy codecs get a bit rate that is transparent for generated audio; None leaves the encoder's choice.
 _BIT_RATES: dict[str, int] = {"aac": 192_000, "opus": 128_000, "mp3": 192_000}
+# Opus always runs at 48 kHz inside and every decoder outputs 48 kHz; writing another input rate into mp4/webm
+# headers only invites player quirks, so Opus tracks are always written at 48 kHz.
+_FIXED_RATES: dict[str, int] = {"opus": 48000}
 # FFmpeg's own Opus encoder is marked experimental and refuses to open without this.
 _ENCODER_OPTIONS: dict[str, dict[str, str]] = {"opus": {"strict": "experimental"}}
 
@@ -151,7 +154,7 @@ def add_audio_track(
     container: av.container.OutputContainer, choice: str, sample_rate: int, channels: int
 ) -> AudioTrack:
     encoder = find_encoder(choice)
-    rate = encoder_rate(encoder, sample_rate)
+    rate = _FIXED_RATES.get(choice) or encoder_rate(encoder, sample_rate)
     stream = container.add_stream(encoder, rate=rate)
     stream.codec_context.layout = _layout(channels)
     if choice in _BIT_RATES:
@@ -200,7 +203,7 @@ def write_audio(
 ) -> Path:
     """Write one waveform ([C, T] or [1, C, T], float in -1..1) as wav (16-bit), flac, mp3 or opus (Ogg).
 
-    ``format`` defaults to the file extension. Opus is written at 48 kHz when the rate is not one Opus takes.
+    ``format`` defaults to the file extension. Opus is always written at 48 kHz (resampled when needed).
     The file appears only when complete.
     """
     path = Path(path)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,36 @@ class ContainerSpec:
 
 
 CONTAINERS: dict[str, ContainerSpec] = {
-    # faststart puts the index first so browsers (ComfyUI's preview) can play while loading;
-    # use_metadata_tags lets mp4 keep arbitrary tags (ComfyUI's prompt and workflow).
-    "mp4": ContainerSpec("mp4", "mp4", "aac", ("aac", "opus", "flac"), ("libx264", "libopenh264", "mpeg4"),
-                         {"movflags": "use_metadata_tags+faststart"}),
-    "mkv": ContainerSpec("matroska", "mkv", "flac", ("aac", "flac", "opus"), ("libx264", "libopenh264", "mpeg4")),
-    "webm": ContainerSpec("webm", "webm", "opus", ("opus",), ("libvpx-vp9", "libvpx")),
+    "mp4": ContainerSpec(
+        muxer="mp4",
+        extension="mp4",
+        default_audio="aac",
+        audio_codecs=("aac", "opus", "flac"),
+        video_encoders=("libx264", "libopenh264", "mpeg4"),
+        # faststart puts the index first so browsers (ComfyUI's preview) can play while loading;
+        # use_metadata_tags lets mp4 keep arbitrary tags (ComfyUI's prompt and workflow).
+        options={"movflags": "use_metadata_tags+faststart"},
+    ),
+    "mkv": ContainerSpec(
+        muxer="matroska",
+        extension="mkv",
+        default_audio="flac",
+        audio_codecs=("aac", "flac", "opus"),
+        video_encoders=("libx264", "libopenh264", "mpeg4"),
+    ),
+    "webm": ContainerSpec(
+        muxer="webm",
+        extension="webm",
+        default_audio="opus",
+        audio_codecs=("opus",),
+        video_encoders=("libvpx-vp9", "libvpx"),
+    ),
 }
 _EXTENSIONS = {"mp4": "mp4", "m4v": "mp4", "mov": "mp4", "mkv": "mkv", "webm": "webm"}
+
+# ``progress(done, total)``: called while working, e.g. to advance a progress bar or to abort by raising.
+ProgressCallback = Callable[[int, int], None]
+_PROGRESS_STEPS = 100  # at most this many frame reports per encode (each may reach a UI over a websocket)
 
 # Encoder settings for frames: near-transparent quality at a sane speed.
 _VIDEO_OPTIONS: dict[str, dict[str, str]] = {
@@ -163,19 +186,37 @@ def _video_encoder(spec: ContainerSpec) -> str:
     raise InvalidInputError(f"this PyAV build has no video encoder for {spec.extension} (tried {tried})")
 
 
-def encode_frames(frames: torch.Tensor | np.ndarray, fps: Any, path: Path, container: str = "mp4") -> Path:
-    """Encode frames [N, H, W, C] at ``fps`` into a video-only file (H.264 for mp4/mkv, VP9 for webm).
+def encode_frames(
+    frames: torch.Tensor | np.ndarray,
+    fps: Any,
+    path: str | os.PathLike[str],
+    container: str = "mp4",
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """Encode frames [N, H, W, C] (uint8, or float 0..1) at ``fps`` into a video-only file.
 
-    Frame ``i`` is shown at ``i / fps``; the rate is kept exact (30000/1001 stays 30000/1001). Odd sizes are
-    padded by one replicated edge pixel for 4:2:0 H.264.
+    H.264 for mp4/mkv, VP9 for webm. Frame ``i`` is shown at ``i / fps``; the rate is kept exact (30000/1001
+    stays 30000/1001). Odd sizes are padded by one replicated edge pixel for 4:2:0 H.264. ``progress(done, N)``
+    follows the encoded frames. The file appears only when complete.
     """
+    if container not in CONTAINERS:
+        raise InvalidInputError(f"unknown container {container!r}; expected one of {sorted(CONTAINERS)}")
     frames = _check_frames(frames)
     rate = as_frame_rate(fps)
-    spec = CONTAINERS[container]
+    path = Path(path)
+    with staged_files() as staged:
+        _encode(frames, rate, staged.stage(path), CONTAINERS[container], progress)
+    return path
+
+
+def _encode(
+    frames: torch.Tensor, rate: Fraction, path: Path, spec: ContainerSpec, progress: ProgressCallback | None
+) -> None:
     encoder = _video_encoder(spec)
     n, height, width = frames.shape[:3]
     pad_h, pad_w = (height % 2, width % 2) if encoder in _EVEN_SIZE_ENCODERS else (0, 0)
     time_base = 1 / rate
+    report_every = max(1, n // _PROGRESS_STEPS)
     with av.open(str(path), mode="w", format=spec.muxer) as out:
         stream = out.add_stream(encoder, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width + pad_w, height + pad_h, "yuv420p"
@@ -191,9 +232,10 @@ def encode_frames(frames: torch.Tensor | np.ndarray, fps: Any, path: Path, conta
             frame.pts, frame.time_base = index, time_base
             for packet in stream.encode(frame):
                 out.mux(packet)
+            if progress is not None and ((index + 1) % report_every == 0 or index + 1 == n):
+                progress(index + 1, n)
         for packet in stream.encode(None):
             out.mux(packet)
-    return path
 
 
 def _add_copied_stream(out: av.container.OutputContainer, template: av.VideoStream) -> av.VideoStream:
@@ -266,6 +308,7 @@ def mux_audio_into_video(
     container: str | None = None,
     audio_codec: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> list[Path]:
     """Write one video per waveform: ``video``'s picture with the waveform as its only audio track.
 
@@ -276,6 +319,8 @@ def mux_audio_into_video(
     ``container``: "mp4", "mkv", "webm", or None/"auto" (from the extension, else mp4 when the copied codec fits).
     ``audio_codec``: "aac", "flac", "opus", or None/"auto" (AAC in mp4, FLAC in mkv, Opus in webm).
     ``metadata``: container tags (values that are not strings are written with ``str``).
+    ``progress(done, total)``: called per encoded frame (throttled) and per written file; an exception it raises
+    (a user's cancel) aborts the call like any other failure.
     Returns the written paths. Files appear only when all are complete; on error nothing is left behind.
     """
     batch = as_waveform_batch(waveform)
@@ -290,10 +335,18 @@ def mux_audio_into_video(
     name = _resolve_container(container, outputs[0], None if from_frames else video)
     codec = _resolve_audio_codec(audio_codec, name)
     tags = {str(k): str(v) for k, v in (metadata or {}).items()}
+    encode_units = frames.shape[0] if from_frames else 0
+    total = encode_units + len(outputs)
+
+    def report(done: int) -> None:
+        if progress is not None:
+            progress(done, total)
+
     with staged_files() as staged:
         source: MediaSource
         if from_frames:
-            source = encode_frames(frames, frame_rate, staged.scratch(outputs[0], f".{name}"), name)
+            source = staged.scratch(outputs[0], f".{name}")
+            _encode(frames, frame_rate, source, CONTAINERS[name], lambda done, _: report(done))
         else:
             source = video
         timing = _scan(source)
@@ -302,4 +355,5 @@ def mux_audio_into_video(
                 _write_with_audio(source, staged.stage(final), batch[index], rate, name, codec, timing, tags)
             except av.FFmpegError as exc:
                 raise InvalidInputError(f"could not write '{final}' from {describe(source)}: {exc}") from exc
+            report(encode_units + index + 1)
     return outputs

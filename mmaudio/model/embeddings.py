@@ -3,7 +3,8 @@
 Both are pure functions of a few integers, so they are not stored in the state_dict: they are computed in
 float32 on the CPU (the same numbers on every device), cached per device, and never follow the weights'
 dtype. This matters for v2, whose timestep frequencies reach 10^4 rad per unit time: rounding them, or t, to
-bfloat16 rotates the high channels by whole radians.
+bfloat16 rotates the high channels by whole radians. The tables are made outside inference mode, so a
+network first run under ``torch.inference_mode`` (as ComfyUI does) still works with autograd later.
 """
 
 from __future__ import annotations
@@ -65,10 +66,11 @@ class RotaryTables:
         if self._lengths == (latent_len, clip_len):
             return
         self._lengths = (latent_len, clip_len)
-        self._cpu = {
-            "latent": rotary_cos_sin(latent_len, self.head_dim),
-            "clip": rotary_cos_sin(clip_len, self.head_dim, freq_scaling=latent_len / clip_len),
-        }
+        with torch.inference_mode(False):
+            self._cpu = {
+                "latent": rotary_cos_sin(latent_len, self.head_dim),
+                "clip": rotary_cos_sin(clip_len, self.head_dim, freq_scaling=latent_len / clip_len),
+            }
         self._on_device.clear()
 
     def get(self, stream: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +78,8 @@ class RotaryTables:
         tables = self._on_device.get(key)
         if tables is None:
             cos, sin = self._cpu[stream]
-            tables = (cos.to(device), sin.to(device))
+            with torch.inference_mode(False):
+                tables = (cos.to(device), sin.to(device))
             self._on_device[key] = tables
         return tables
 
@@ -97,19 +100,21 @@ class TimestepEmbedder(nn.Module):
         self.frequency_dim = frequency_dim
         self.max_period = max_period
         self.mlp = nn.Sequential(ops.Linear(frequency_dim, dim, bias=True), nn.SiLU(), ops.Linear(dim, dim, bias=True))
-        self._freqs_cpu = timestep_frequencies(frequency_dim, max_period)
         self._freqs_on_device: dict[torch.device, torch.Tensor] = {}
+        self.rebuild()
 
     def _freqs(self, device: torch.device) -> torch.Tensor:
         freqs = self._freqs_on_device.get(device)
         if freqs is None:
-            freqs = self._freqs_cpu.to(device)
+            with torch.inference_mode(False):
+                freqs = self._freqs_cpu.to(device)
             self._freqs_on_device[device] = freqs
         return freqs
 
     def rebuild(self) -> None:
         """Recompute the float32 frequencies (after construction on the meta device or a dtype cast)."""
-        self._freqs_cpu = timestep_frequencies(self.frequency_dim, self.max_period)
+        with torch.inference_mode(False):
+            self._freqs_cpu = timestep_frequencies(self.frequency_dim, self.max_period)
         self._freqs_on_device.clear()
 
     def sinusoid(self, t: torch.Tensor) -> torch.Tensor:

@@ -258,7 +258,7 @@ class MMAudioNetwork(nn.Module):
                     f"negative_text_features must have shape [1 or {bs}, {self.text_seq_len}, "
                     f"{self._config.text_dim}], got {list(negative_text_features.shape)}"
                 )
-            text = negative_text_features.to(dtype=dtype)
+            text = negative_text_features.to(device=device, dtype=dtype)
         else:
             text = self.get_empty_string_sequence(1, dtype=dtype, device=device)
         clip = self.get_empty_clip_sequence(1, dtype=dtype, device=device)

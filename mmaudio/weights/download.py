@@ -217,7 +217,8 @@ def download_known_file(
 ) -> Path:
     """Fetch ``entry`` (a catalogue entry or its id) into ``folder`` and check it; returns the local path.
 
-    An existing file of the right size is kept as it is (no network); ``force`` downloads again. Companion
+    An existing file of the right size is kept as it is (no network; :func:`verify_file` checks it fully); one of
+    another size is never overwritten unless ``force`` is given, which also downloads again. Companion
     files (BigVGAN's config.json) are fetched too. Raises :class:`MissingWeightsError` when offline or when the
     download fails, :class:`ChecksumMismatchError` when the downloaded bytes are not the published file; in
     both cases nothing is left in ``folder``.
@@ -229,8 +230,14 @@ def download_known_file(
         for companion in entry.companions:
             download_known_file(companion, folder, progress=progress, endpoint=endpoint, token=token,
                                 cache_dir=cache_dir, force=force, with_companions=False)
-    if target.is_file() and not force and entry.size_matches(target.stat().st_size):
-        return target
+    if target.is_file() and not force:
+        if entry.size_matches(target.stat().st_size):
+            return target
+        raise ChecksumMismatchError(
+            f"{target} exists but is not the published {entry.name} ({target.stat().st_size} bytes, expected "
+            f"{entry.size if entry.size is not None else f'about {entry.approx_size}'}). It is left untouched: "
+            "delete or rename it to download the published file, or ask for a forced download."
+        )
     if hub_offline():
         raise missing_weights_error(entry, folder, "HF_HUB_OFFLINE is set, so it is not downloaded")
 

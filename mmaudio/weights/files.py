@@ -28,6 +28,29 @@ _DTYPE_WORDS = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F8_E4M3": "fp8_e4
 _WRAPPERS = ("state_dict.", "model.", "module.", "generator.", "ema.", "net.")
 
 
+_COMPONENT_CACHE_LIMIT = 256
+_component_cache: dict[int, tuple[FileHeader, list[CheckpointIdentity]]] = {}
+
+
+def _components(header: FileHeader) -> list[CheckpointIdentity]:
+    """identify_components of a header, remembered while read_header keeps returning the same header object."""
+    cached = _component_cache.get(id(header))
+    if cached is not None and cached[0] is header:
+        return cached[1]
+    components = identify_components(header.shapes())
+    if len(_component_cache) >= _COMPONENT_CACHE_LIMIT:
+        _component_cache.clear()
+    _component_cache[id(header)] = (header, components)
+    return components
+
+
+def _main_identity(header: FileHeader) -> CheckpointIdentity:
+    components = _components(header)
+    if len(components) == 1:
+        return components[0]
+    return identify_checkpoint(header.shapes())
+
+
 @dataclass(frozen=True)
 class FoundFile:
     """A weights file found in a model folder: ``name`` is its path relative to that folder, '/'-separated."""
@@ -58,7 +81,7 @@ def identify_file(path: str | os.PathLike[str]) -> CheckpointIdentity:
     Raises :class:`~mmaudio.errors.WrongCheckpointError` if the file is truncated, corrupt or unsafe.
     """
     header = read_header(path)
-    identity = identify_checkpoint(header.shapes())
+    identity = _main_identity(header)
     if not identity.is_known:
         return identity
     extra = f"{_container_words(header)}, {_storage_words(header, identity)}"
@@ -74,9 +97,9 @@ def require_kind(path: str | os.PathLike[str], kind: str) -> CheckpointIdentity:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     path = Path(path)
     header = read_header(path)
-    found = next((c for c in identify_components(header.shapes()) if c.kind == kind), None)
+    found = next((c for c in _components(header) if c.kind == kind), None)
     if found is None:
-        what = identify_checkpoint(header.shapes()).description
+        what = _main_identity(header).description
         raise WrongCheckpointError(
             f"'{path.name}' is not {KIND_NAMES[kind]}. It is: {what}. Choose it in the loader for its kind, and "
             f"pick {KIND_NAMES[kind]} here. Full path: {path}"
@@ -114,8 +137,7 @@ def load_state_dict_file(path: str | os.PathLike[str], kind: str | None = None) 
     """
     if kind is not None:
         return load_component(path, kind)[0]
-    header = read_header(path)
-    identity = identify_checkpoint(header.shapes())
+    identity = _main_identity(read_header(path))
     if identity.is_known:
         return load_component(path, identity.kind)[0]
     tensors = load_tensors(path)
@@ -159,7 +181,7 @@ def scan_folders(folder_paths: list[str | os.PathLike[str]]) -> list[tuple[str, 
     A name found in several folders is reported once, from the first folder (ComfyUI's rule).
     """
     return [
-        (name, path, header if isinstance(header, str) else identify_checkpoint(header.shapes()))
+        (name, path, header if isinstance(header, str) else _main_identity(header))
         for name, path, header in _scan(folder_paths)
     ]
 
@@ -179,7 +201,7 @@ def list_files_of_kind(
         if isinstance(header, str):
             log.info("Skipping unreadable weights file %s: %s", path, header)
             continue
-        component = next((c for c in identify_components(header.shapes()) if c.kind == kind), None)
+        component = next((c for c in _components(header) if c.kind == kind), None)
         if component is None or (mode is not None and component.mode != mode):
             continue
         result.append(FoundFile(name=name, path=path, identity=component, storage=_storage_words(header, component)))

@@ -131,11 +131,7 @@ _NETWORK_REQUIRED = (
 
 
 def network_hyperparameters(view: Shapes) -> dict[str, Any]:
-    """Architecture of a flow network read from its state-dict shapes (our own rule, independent of the model).
-
-    v2 is recognised by its timestep embedding: v2 feeds ``hidden_dim`` sinusoid channels to the timestep MLP,
-    v1 feeds 256.
-    """
+    """Architecture of a flow network read from its state-dict shapes (our own rule, independent of the model)."""
     audio_in = _shape(view, "audio_input_proj.0.weight")
     assert audio_in is not None and len(audio_in) == 3
     hidden, latent_dim = audio_in[0], audio_in[1]
@@ -147,6 +143,14 @@ def network_hyperparameters(view: Shapes) -> dict[str, Any]:
     head_dim = qnorm[0] if qnorm else 64
     t_in = _shape(view, "t_embed.mlp.0.weight")
     freq_dim = t_in[1] if t_in else 256
+    # v2 puts a SiLU after the clip/text input Linear, which shifts their MLP to index 2; without those keys,
+    # the timestep embedding decides (v2 feeds hidden_dim sinusoid channels, v1 256).
+    if "clip_input_proj.2.w1.weight" in view or "text_input_proj.2.w1.weight" in view:
+        v2 = True
+    elif "clip_input_proj.1.w1.weight" in view or "text_input_proj.1.w1.weight" in view:
+        v2 = False
+    else:
+        v2 = freq_dim == hidden and hidden != 256
     dims = {}
     for name in ("clip", "sync", "text"):
         proj = _shape(view, f"{name}_input_proj.0.weight")
@@ -158,7 +162,7 @@ def network_hyperparameters(view: Shapes) -> dict[str, Any]:
         "fused_depth": fused,
         "num_heads": hidden // head_dim if head_dim else None,
         "head_dim": head_dim,
-        "v2": freq_dim == hidden and hidden != 256,
+        "v2": v2,
         "timestep_frequency_dim": freq_dim,
         "clip_dim": dims["clip"],
         "sync_dim": dims["sync"],
@@ -166,18 +170,28 @@ def network_hyperparameters(view: Shapes) -> dict[str, Any]:
     }
 
 
-def _network_from_model_package(view: Shapes) -> tuple[str | None, str | None] | None:
-    """(variant, mode) from the model package's own rule when it is available (it builds what it detects)."""
+@dataclass(frozen=True)
+class _ModelVerdict:
+    variant: str | None
+    mode: str | None
+    error: str | None
+
+
+def _network_from_model_package(view: Shapes) -> _ModelVerdict | None:
+    """What the model package's own detector (the code that builds networks) says, if it is available.
+
+    ``None`` when the package cannot be imported; otherwise its variant and mode, or its reason for rejecting
+    the shapes (then the file is recognised but cannot be built, and the user learns why before loading).
+    """
     try:
-        from ..model import config_from_state_dict  # type: ignore[attr-defined]
+        from ..model import config_from_state_dict
     except ImportError:
         return None
     try:
         config = config_from_state_dict(view)
-    except Exception as error:  # its own validation; ours below still describes the file
-        log.debug("model.config_from_state_dict rejected the shapes: %s", error)
-        return None
-    return getattr(config, "name", None), getattr(config, "mode", None)
+    except ValueError as error:  # WrongCheckpointError and other validation errors
+        return _ModelVerdict(None, None, str(error))
+    return _ModelVerdict(getattr(config, "name", None), getattr(config, "mode", None), None)
 
 
 def _network(view: Shapes, prefix: str, shapes: Shapes) -> CheckpointIdentity | None:
@@ -192,15 +206,14 @@ def _network(view: Shapes, prefix: str, shapes: Shapes) -> CheckpointIdentity | 
         "custom",
     )
     mode = _LATENT_TO_MODE.get(hp["latent_dim"])
-    from_model = _network_from_model_package(view)
-    if from_model is not None:
-        variant = from_model[0] or variant
-        mode = from_model[1]
+    problems = [f"missing tensor '{key}'" for key in _NETWORK_REQUIRED if key not in view]
+    verdict = _network_from_model_package(view)
+    if verdict is not None and verdict.error is None:
+        variant, mode = verdict.variant or variant, verdict.mode
+    elif verdict is not None and not problems:
+        problems.append(f"the network builder rejects it: {verdict.error}")
 
     notes: list[str] = []
-    problems = [f"missing tensor '{key}'" for key in _NETWORK_REQUIRED if key not in view]
-    if hp["hidden_dim"] == 256 and hp["timestep_frequency_dim"] == 256:
-        notes.append("hidden size 256 makes v1 and v2 indistinguishable by shape; treated as v1")
     if hp["clip_dim"] != 1024 or hp["text_dim"] != 1024 or hp["sync_dim"] != 768:
         notes.append(
             f"its condition sizes (CLIP {hp['clip_dim']}, text {hp['text_dim']}, sync {hp['sync_dim']}) do not "
@@ -395,9 +408,9 @@ def _clip(view: Shapes, prefix: str, shapes: Shapes) -> CheckpointIdentity | Non
     if not published:
         notes.append("not the DFN5B ViT-H/14-378 CLIP that MMAudio was trained with")
         if details["embed_dim"] != 1024 or details["text_width"] != 1024:
-            problems.append(
-                f"its image/text features have {details['embed_dim']}/{details['text_width']} channels; "
-                "MMAudio needs 1024/1024"
+            notes.append(
+                f"its image/text features have {details['embed_dim']}/{details['text_width']} channels; the "
+                "published networks need 1024/1024"
             )
     logit = _shape(view, "logit_scale")
     if logit is not None and logit != ():

@@ -20,6 +20,7 @@ import os
 import pickle
 import re
 import threading
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -34,8 +35,8 @@ SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES
 
-# The pickle that starts every legacy (pre-zip) torch.save file: protocol 2, then the magic number.
-_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+# Legacy (pre-zip) torch.save files are a sequence of pickles; every pickle starts with the PROTO opcode.
+_PICKLE_PROTO = b"\x80"
 _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the format's own limit
 
@@ -126,13 +127,13 @@ def _sniff(path: Path) -> str:
         raise _corrupt(path, f"only {len(head)} bytes long")
     if head.startswith(_ZIP_MAGIC):
         return "torch-zip"
-    if head.startswith(_LEGACY_TORCH_MAGIC):
-        return "torch-legacy"
     header_len = int.from_bytes(head[:8], "little")
     if len(head) > 8 and head[8:9] == b"{" and header_len < _MAX_SAFETENSORS_HEADER:
         return "safetensors"
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
         return "safetensors"  # let the header parser say precisely what is wrong
+    if head.startswith(_PICKLE_PROTO):
+        return "torch-legacy"  # torch checks its magic number and says if this is something else
     raise _corrupt(path, "neither a safetensors file nor a PyTorch checkpoint")
 
 
@@ -209,7 +210,21 @@ def flatten_nested(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix[:-1], obj
 
 
+def _check_zip(path: Path) -> None:
+    """Validate a torch zip file's directory (stored at its end) before torch maps it: precise messages."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.header_offset + info.compress_size > size:
+                    raise _corrupt(path, f"its entry '{info.filename}' runs past the end of the file")
+    except zipfile.BadZipFile as error:
+        raise _corrupt(path, f"the archive's directory at the end of the file is missing or damaged: {error}") from None
+
+
 def _read_torch_header(path: Path, container: str) -> FileHeader:
+    if container == "torch-zip":
+        _check_zip(path)
     obj = _torch_load(path, container, map_location="meta")
     if isinstance(obj, torch.Tensor):
         raise WrongCheckpointError(f"'{path.name}' holds a single tensor, not a state dict. Full path: {path}")

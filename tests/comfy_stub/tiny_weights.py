@@ -1,0 +1,153 @@
+"""Small random-weight model files for the node tests and the end-to-end ComfyUI test.
+
+The network, VAE and vocoder are shrunk (they are recognised by their tensor shapes, whatever their width).
+Synchformer has one fixed architecture, so it is written full size (random, fp16, ~245 MB). CLIP is written
+tiny when the library can load a non-DFN5B open_clip layout, else full size (fp16, ~2 GB, slow); node tests
+can also shrink it in-process with :func:`use_tiny_clip_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+TINY_CLIP_CONFIG: dict[str, Any] = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 378, "layers": 1, "width": 32, "head_width": 16, "patch_size": 14},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyModels:
+    """File names (inside the models folder) and the sizes the network was built for."""
+
+    network: str
+    clip: str
+    synchformer: str
+    vae: str
+    vocoder: str
+    clip_dim: int
+    text_dim: int
+    tiny_clip: bool
+
+
+def _random_like(shapes: dict[str, torch.Tensor], generator: torch.Generator, dtype: torch.dtype,
+                 scale: float = 0.02) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, ref in shapes.items():
+        if not ref.is_floating_point():
+            out[key] = torch.zeros(ref.shape, dtype=ref.dtype)
+            continue
+        value = torch.randn(tuple(ref.shape), generator=generator, dtype=torch.float32) * scale
+        if key.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight",
+                         "ln_final.weight", "norm1.weight", "norm2.weight", "norm3.weight")):
+            value += 1.0
+        out[key] = value.to(dtype).contiguous()
+    return out
+
+
+def _meta_state(module_factory: Any) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        module = module_factory()
+    return module.state_dict()
+
+
+def write_network(path: Path, *, clip_dim: int, text_dim: int, seed: int = 1) -> None:
+    """A 16 kHz custom network: width 64, one joint and one fused block."""
+    from mmaudio.model import MMAudioNetwork, NetworkConfig, SequenceLengths
+
+    lengths = SequenceLengths.for_duration(8.0, "16k")
+    config = NetworkConfig(latent_dim=20, hidden_dim=64, depth=2, fused_depth=1, num_heads=1, clip_dim=clip_dim,
+                           text_dim=text_dim, sync_dim=768, mode="16k", latent_seq_len=lengths.latent_seq_len,
+                           clip_seq_len=lengths.clip_seq_len, sync_seq_len=lengths.sync_seq_len)
+    torch.manual_seed(seed)
+    network = MMAudioNetwork(config)
+    state = {k: v.detach().clone().contiguous() for k, v in network.state_dict().items()}
+    state["latent_std"] = torch.ones_like(state["latent_std"])
+    save_file(state, str(path))
+
+
+def write_vae(path: Path, seed: int = 2) -> None:
+    """A decode-only 16 kHz VAE of width 16."""
+    from mmaudio.vae import VAE, VAEConfig
+
+    torch.manual_seed(seed)
+    vae = VAE(VAEConfig(data_dim=80, embed_dim=20, hidden_dim=16), with_encoder=False)
+    save_file({k: v.detach().clone().contiguous() for k, v in vae.state_dict().items()}, str(path))
+
+
+def write_vocoder(path: Path, seed: int = 3) -> None:
+    """A BigVGAN v1 16 kHz generator of width 64 (six stages halve it down to one channel; fused weights)."""
+    from mmaudio.vocoder import BigVGAN, BigVGANConfig
+
+    torch.manual_seed(seed)
+    vocoder = BigVGAN(BigVGANConfig.for_mode("16k").with_width(64))
+    save_file({k: v.detach().clone().contiguous() for k, v in vocoder.state_dict().items()}, str(path))
+
+
+def write_synchformer(path: Path, seed: int = 4) -> None:
+    """The full-size visual encoder with random fp16 weights, in the published ``vfeat_extractor.`` layout."""
+    from mmaudio.features.synchformer import SynchformerVisual
+
+    generator = torch.Generator().manual_seed(seed)
+    state = _random_like(_meta_state(SynchformerVisual), generator, torch.float16)
+    save_file({f"vfeat_extractor.{k}": v for k, v in state.items()}, str(path))
+
+
+def write_clip(path: Path, config: dict[str, Any], seed: int = 5) -> None:
+    """An open_clip CLIP of ``config`` with random fp16 weights."""
+    from mmaudio.features.clip import build_clip
+
+    generator = torch.Generator().manual_seed(seed)
+    state = _random_like(build_clip(config).state_dict(), generator, torch.float16)
+    state.pop("attn_mask", None)
+    save_file(state, str(path))
+
+
+def library_loads_tiny_clip(path: Path) -> bool:
+    """Whether the library's CLIP loader accepts a non-DFN5B layout without being told its config."""
+    from mmaudio.errors import MMAudioError
+    from mmaudio.features.clip import load_clip
+    from mmaudio.weights.reading import load_tensors
+
+    try:
+        load_clip(load_tensors(path))
+    except (MMAudioError, ValueError, RuntimeError):
+        return False
+    return True
+
+
+def write_models(folder: Path, *, allow_full_clip: bool = True) -> TinyModels:
+    """Every model file the graph needs, in ``folder``. CLIP is tiny if the library loads it as such;
+    otherwise full size when ``allow_full_clip``, else tiny (for tests that shrink CLIP in-process)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    from mmaudio.features.clip import clip_config
+
+    clip_file = folder / "tiny_clip.safetensors"
+    write_clip(clip_file, TINY_CLIP_CONFIG)
+    tiny = not allow_full_clip or library_loads_tiny_clip(clip_file)
+    if not tiny:
+        clip_file.unlink()
+        clip_file = folder / "random_dfn5b_clip_fp16.safetensors"
+        write_clip(clip_file, clip_config())
+    cfg = TINY_CLIP_CONFIG if tiny else clip_config()
+    clip_dim, text_dim = cfg["embed_dim"], cfg["text_cfg"]["width"]
+    write_network(folder / "tiny_network_16k.safetensors", clip_dim=clip_dim, text_dim=text_dim)
+    write_vae(folder / "tiny_vae_16k.safetensors")
+    write_vocoder(folder / "tiny_vocoder_16k.safetensors")
+    write_synchformer(folder / "random_synchformer_fp16.safetensors")
+    return TinyModels(network="tiny_network_16k.safetensors", clip=clip_file.name,
+                      synchformer="random_synchformer_fp16.safetensors", vae="tiny_vae_16k.safetensors",
+                      vocoder="tiny_vocoder_16k.safetensors", clip_dim=clip_dim, text_dim=text_dim, tiny_clip=tiny)
+
+
+def use_tiny_clip_config(monkeypatch: Any, pack: Any) -> None:
+    """Make the pack's copy of the library build the tiny CLIP (node tests only)."""
+    clip_module = __import__(f"{pack.__name__}.mmaudio.features.clip", fromlist=["clip_config"])
+    monkeypatch.setattr(clip_module, "clip_config", lambda: dict(TINY_CLIP_CONFIG))
