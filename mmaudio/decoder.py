@@ -58,7 +58,8 @@ class AudioDecoder(nn.Module):
         self.vocoder = vocoder
         # Activations dtype; weights are cast to it on the fly. float32 matches the reference.
         self.compute_dtype = torch.float32
-        self._mel: MelConverter | None = None
+        # The VAE's own front-end, for encoding audio (non-persistent float32 buffers, ~0.5 MB).
+        self.mel = MelConverter.for_mode(self.mode)
 
     @classmethod
     def from_state_dicts(
@@ -165,7 +166,6 @@ class AudioDecoder(nn.Module):
     def encode(self, waveform: torch.Tensor) -> LatentDistribution:
         """Waveform (B, samples) or (B, 1, samples) at :attr:`sample_rate` -> latent posterior in the network's
         (B, T, latent_dim) layout (unnormalized, like the network's output). Needs the VAE's encoder weights."""
-        if self._mel is None:
-            self._mel = MelConverter.for_mode(self.mode)
-        mel = self._mel.to(self._device())(waveform.to(self._device()))
+        device = self._device()
+        mel = self.mel.to(device)(waveform.to(device))
         return self.vae.encode(mel.to(self.compute_dtype)).transpose(1, 2)

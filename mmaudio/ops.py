@@ -39,6 +39,20 @@ class CastConv1d(nn.Conv1d):
         return self._conv_forward(x, _cast(self.weight, x), _cast(self.bias, x))
 
 
+class CastConv2d(nn.Conv2d):
+    """Conv2d whose stored weights may be in a narrower dtype than the activations."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, _cast(self.weight, x), _cast(self.bias, x))
+
+
+class CastConv3d(nn.Conv3d):
+    """Conv3d whose stored weights may be in a narrower dtype than the activations."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, _cast(self.weight, x), _cast(self.bias, x))
+
+
 class CastConvTranspose1d(nn.ConvTranspose1d):
     """ConvTranspose1d whose stored weights may be in a narrower dtype than the activations."""
 
@@ -75,6 +89,8 @@ def default_ops() -> Any:
     return SimpleNamespace(
         Linear=CastLinear,
         Conv1d=CastConv1d,
+        Conv2d=CastConv2d,
+        Conv3d=CastConv3d,
         ConvTranspose1d=CastConvTranspose1d,
         LayerNorm=CastLayerNorm,
         Embedding=CastEmbedding,

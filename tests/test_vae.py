@@ -9,6 +9,7 @@ import torch
 
 from mmaudio.errors import WrongCheckpointError
 from mmaudio.vae import VAE, VAEConfig, infer_vae_config, load_vae, vae_state_dict_template
+from mmaudio.vae.checkpoint_info import describe_contents
 from mmaudio.vae.mp_layers import mp_normalized_weight
 from tests.parity.cases import load_manifest
 
@@ -166,8 +167,10 @@ def test_fp16_storage_decodes_close_to_fp32() -> None:
 def test_vocoder_file_is_rejected_with_its_name() -> None:
     sd = {"conv_pre.weight_g": torch.zeros(16, 1, 1), "conv_pre.weight_v": torch.zeros(16, 80, 7),
           "ups.0.0.weight_v": torch.zeros(16, 8, 8)}
-    with pytest.raises(WrongCheckpointError, match=r"best_netG\.pt is not an MMAudio VAE.*conv_pre"):
+    with pytest.raises(WrongCheckpointError, match=r"best_netG\.pt is not an MMAudio VAE") as info:
         load_vae(sd, source="best_netG.pt")
+    # The message says what the file holds, in the words of the weights layer's describer (or key names).
+    assert describe_contents(sd).rstrip(".") in str(info.value)
 
 
 @pytest.mark.parametrize("damage", ["drop_key", "wrong_shape", "extra_key", "non_tensor"])
@@ -184,7 +187,7 @@ def test_damaged_checkpoint_is_rejected(damage: str) -> None:
         pattern = "unexpected keys.*quant_conv"
     else:
         sd["optimizer"] = {"step": 3}
-        pattern = "non-tensor"
+        pattern = "non-tensor entries.*optimizer"
     with pytest.raises(WrongCheckpointError, match=f"v1-16.pth.*{pattern}"):
         load_vae(sd, source="v1-16.pth")
 
@@ -196,5 +199,15 @@ def test_unknown_mel_width_is_rejected() -> None:
 
 
 def test_not_a_mapping_is_rejected() -> None:
-    with pytest.raises(WrongCheckpointError, match="list"):
+    with pytest.raises(WrongCheckpointError, match=r"weird\.pth.*list, not a state dict"):
         load_vae([1, 2, 3], source="weird.pth")  # type: ignore[arg-type]
+
+
+def test_error_falls_back_to_key_names_without_the_weights_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mmaudio.weights.identify", None)  # the import now fails
+    sd = {"conv_pre.weight_v": torch.zeros(16, 80, 7), "ups.0.0.weight_v": torch.zeros(16, 8, 8)}
+    with pytest.raises(WrongCheckpointError, match=r"x\.pth is not an MMAudio VAE .*: it contains 2 tensors under "
+                                                   r"conv_pre\.\* \(1\), ups\.\* \(1\)"):
+        load_vae(sd, source="x.pth")

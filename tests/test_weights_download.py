@@ -150,6 +150,14 @@ def test_download_places_the_checked_file(hub: FakeHub, tmp_path: Path) -> None:
     assert ("download", len(data), len(data)) in calls and calls[-1] == ("verify", len(data), len(data))
     assert any(r.startswith("GET /someone/weights/resolve/main/folder/model.safetensors") for r in hub.requests)
 
+    stale = folder / ".mmaudio-download-0000"  # left by a killed process long ago
+    stale.mkdir()
+    os.utime(stale, (time.time() - 3 * 86400,) * 2)
+    other = fake_entry(b"y" * 100, name="other.safetensors")
+    hub.add(other.repo_id, other.filename, b"y" * 100)
+    fetch(hub, other, folder, tmp_path)
+    assert leftovers(folder) == ["model.safetensors", "other.safetensors"]
+
     hub.requests.clear()  # present and of the right size: nothing is fetched again
     assert fetch(hub, entry, folder, tmp_path) == path and hub.requests == []
     assert find_known_file(entry, [tmp_path / "elsewhere", folder]) == path
@@ -189,6 +197,19 @@ def test_companion_config_is_fetched_and_checked_by_content(hub: FakeHub, tmp_pa
 
 
 # ---- failures leave nothing behind -------------------------------------------------------------------------------
+
+def test_an_existing_file_of_another_size_is_never_overwritten(hub: FakeHub, tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    entry = fake_entry(data)
+    hub.add(entry.repo_id, entry.filename, data)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / entry.local_path).write_bytes(b"my own fine-tune")
+    with pytest.raises(ChecksumMismatchError, match="left untouched"):
+        fetch(hub, entry, folder, tmp_path)
+    assert (folder / entry.local_path).read_bytes() == b"my own fine-tune" and hub.requests == []
+    assert fetch(hub, entry, folder, tmp_path, force=True).read_bytes() == data
+
 
 def test_checksum_mismatch_is_an_error_and_leaves_no_file(hub: FakeHub, tmp_path: Path) -> None:
     data = os.urandom(100_000)

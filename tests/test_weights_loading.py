@@ -116,6 +116,28 @@ def test_legacy_torch_format_is_read(tmp_path: Path) -> None:
     assert load_state_dict_file(path)["w"].shape == (2, 3)
 
 
+def test_container_comes_from_content_not_name(tmp_path: Path, files) -> None:
+    renamed = tmp_path / "weights.bin"
+    renamed.write_bytes(files["vocoder_44k", "kijai"][0].read_bytes())
+    assert read_header(renamed).container == "safetensors"
+    assert identify_file(renamed).variant == "bigvgan_v2_44k"
+    legacy = tmp_path / "legacy_named.safetensors.ckpt"
+    torch.save({"w": torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
+    assert read_shapes(legacy) == {"w": (3,)}
+
+
+def test_fp8_checkpoint_is_identified(tmp_path: Path, files) -> None:
+    state_dict = files["vae_44k", "original"][1]
+    path = tmp_path / "vae_fp8.safetensors"
+    save_file(cast_state_dict(state_dict, "fp8_e4m3fn", keep_fp32=FP32_KEYS["vae"]), str(path))
+    identity = identify_file(path)
+    assert (identity.kind, identity.mode) == ("vae", "44k")
+    assert "[safetensors, mixed (" in identity.description and "fp8_e4m3fn)]" in identity.description
+    loaded, _ = load_component(path, "vae")
+    assert loaded["decoder.conv_in.weight"].dtype is torch.float8_e4m3fn
+    assert loaded["data_mean"].dtype is torch.float32
+
+
 # ---- bad files ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("layout", ["original", "kijai"])
@@ -286,6 +308,7 @@ def test_each_kind_lists_only_its_files(tmp_path: Path, files) -> None:
     (first / "broken.safetensors").write_bytes(files["vae_16k", "kijai"][0].read_bytes()[:500])
     (first / "readme.txt").write_text("hello")
 
+    (first / "sub" / "loop").symlink_to(first, target_is_directory=True)  # cycles do not hang the scan
     folders = [first, second]
 
     def names(kind: str, mode: str | None = None) -> list[str]:
@@ -459,7 +482,7 @@ def test_loaded_components_build_the_library_modules(files, component: str, layo
     smaller checkpoints). Synchformer and CLIP are built at their published size only, so scaled copies of them
     serve identification tests alone."""
     build = getattr(pytest.importorskip(module), loader)
-    state_dict, identity = load_component(files[component, layout][0], COMPONENTS[component][0])
+    state_dict, _ = load_component(files[component, layout][0], COMPONENTS[component][0])
     built = build(state_dict)
     assert isinstance(built, nn.Module)
     assert not any(t.is_meta for t in [*built.parameters(), *built.buffers()])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -47,17 +48,19 @@ def exact_rate(fps: FrameRate, what: str = "fps") -> Fraction:
     A float such as 29.97002997002997 (``float(30000/1001)``, what ComfyUI hands over) is snapped back to the
     NTSC fraction it came from; a float with no small-denominator form is taken exactly as given.
     """
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)):
+    if isinstance(fps, torch.Tensor) and fps.numel() == 1:
+        fps = fps.item()
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real):
         raise InvalidInputError(f"{what} must be a number of frames per second, got {type(fps).__name__}")
-    if isinstance(fps, Fraction):
-        rate = fps
+    if isinstance(fps, (Fraction, int)):
+        rate = Fraction(fps)
     else:
         value = float(fps)
         if not math.isfinite(value):
             raise InvalidInputError(f"{what} must be a finite number of frames per second, got {value}")
         rate = Fraction(value)
         snapped = rate.limit_denominator(1001)
-        if snapped > 0 and abs(float(snapped) - value) <= 1e-12 * value:
+        if snapped > 0 and abs(float(snapped) - value) <= 1e-7 * value:  # also undoes a float32 round trip
             rate = snapped
     if rate <= 0:
         raise InvalidInputError(f"{what} must be positive, got {float(rate)}")
@@ -198,11 +201,12 @@ def plan_frames(
     n_clip = int(CLIP_FPS * effective)
     n_sync = int(SYNC_FPS * effective)
     if n_sync < SYNC_SEGMENT:
+        need = f"expected at least {MIN_SYNC_SECONDS:.2f} s ({SYNC_SEGMENT} frames at {SYNC_FPS:g} fps)"
+        if requested is not None and effective == requested:
+            raise InvalidInputError(f"duration: {requested} s is shorter than one Synchformer segment; {need}")
         raise InvalidInputError(
-            f"frames: the clip covers {effective:.3f} s ({num_frames} frames), shorter than one Synchformer segment;"
-            f" expected at least {MIN_SYNC_SECONDS:.2f} s ({SYNC_SEGMENT} frames at {SYNC_FPS:g} fps)"
-            + (" (or use a single image for image-to-audio)" if requested is None else "")
-        )
+            f"frames: the clip covers {effective:.3f} s at 8 and 25 fps ({num_frames} frames), shorter than one"
+            f" Synchformer segment; {need} (a single image gives image-to-audio)")
     return FramePlan(
         num_source_frames=num_frames,
         clip_indices=tuple(clip_idx[:n_clip]),
@@ -236,6 +240,7 @@ def _plan_still(duration: float | None) -> FramePlan:
 
 
 def frame_count(frames: Frames) -> int:
+    """Number of frames of an IMAGE batch or a list of frames (no validation; see :func:`check_frames`)."""
     return frames.shape[0] if isinstance(frames, torch.Tensor) and frames.ndim in (3, 4) else len(frames)
 
 

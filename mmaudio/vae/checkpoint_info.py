@@ -52,10 +52,13 @@ def describe_contents(state_dict: Mapping[str, Any]) -> str:
 def wrong_checkpoint(
     source: str, expected: str, state_dict: Mapping[str, Any], detail: str = ""
 ) -> WrongCheckpointError:
-    """The error to raise when ``source`` is not the ``expected`` component."""
-    message = f"{source} is not {expected}: it contains {describe_contents(state_dict)}"
+    """The error to raise when ``source`` is not the ``expected`` component (no ``detail``) or is that component
+    but cannot be loaded (``detail`` says why: missing keys, wrong shapes, ...)."""
+    contents = describe_contents(state_dict).strip().rstrip(".")
     if detail:
-        message += f". {detail}"
+        message = f"{source} cannot be loaded as {expected}: {detail.strip().rstrip('.')}. It contains {contents}."
+    else:
+        message = f"{source} is not {expected}: it contains {contents}."
     return WrongCheckpointError(message)
 
 

@@ -28,7 +28,7 @@ def infer_vae_config(state_dict: Mapping[str, Any], source: str = "the VAE check
     _, embed_dim, _ = shapes["decoder.conv_in.weight"]
     if data_dim not in MODE_DATA_DIM.values():
         raise wrong_checkpoint(source, EXPECTED, state_dict,
-                               f"Its decoder outputs {data_dim} mel bands; MMAudio VAEs have 80 (16k) or 128 (44k)")
+                               f"its decoder outputs {data_dim} mel bands; MMAudio VAEs have 80 (16k) or 128 (44k)")
     return VAEConfig(data_dim=data_dim, embed_dim=embed_dim, hidden_dim=hidden_dim)
 
 
@@ -48,7 +48,8 @@ def load_vae(
     """
     name = source or "the VAE checkpoint"
     if not isinstance(state_dict, Mapping):
-        raise wrong_checkpoint(name, EXPECTED, {}, f"Loaded object is a {type(state_dict).__name__}")
+        kind = type(state_dict).__name__
+        raise wrong_checkpoint(name, EXPECTED, {}, f"the loaded object is a {kind}, not a state dict")
     config = config or infer_vae_config(state_dict, name)
     with_encoder = any(k.startswith("encoder.") for k in state_dict)
     with torch.device("meta"):
@@ -56,7 +57,8 @@ def load_vae(
     found = tensor_shapes(state_dict)
     mismatch = key_mismatch(expected_shapes(vae), found)
     if mismatch or len(found) != len(state_dict):
-        raise wrong_checkpoint(name, EXPECTED, state_dict, mismatch)
+        extra = sorted(k for k in state_dict if k not in found)
+        raise wrong_checkpoint(name, EXPECTED, state_dict, mismatch or f"it has non-tensor entries {extra[:5]}")
     vae.load_state_dict(dict(state_dict), strict=True, assign=True)
     vae.fold_weights(dtype)
     for param in vae.parameters():

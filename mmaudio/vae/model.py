@@ -190,7 +190,7 @@ class VAE(nn.Module):
         """Latent (B, embed_dim, T) -> mel (B, data_dim, 2T) in the data's log scale (unnormalized)."""
         self._require_folded()
         mel = self.decoder(z)
-        return mel * self.data_std.to(mel.dtype) + self.data_mean.to(mel.dtype)
+        return mel * self.data_std.to(mel) + self.data_mean.to(mel)
 
     def encode(self, mel: torch.Tensor) -> LatentDistribution:
         """Mel (B, data_dim, T) -> the posterior over latents, (B, embed_dim, T // 2) layout."""
@@ -200,7 +200,7 @@ class VAE(nn.Module):
                 f"{self.source or 'this VAE checkpoint'} holds no encoder weights (decoder only), so it cannot "
                 "turn audio into latents; load the full v1-16.pth / v1-44.pth"
             )
-        x = (mel - self.data_mean.to(mel.dtype)) / self.data_std.to(mel.dtype)
+        x = (mel - self.data_mean.to(mel)) / self.data_std.to(mel)
         return LatentDistribution.from_moments(self.encoder(x), dim=1)
 
     @torch.no_grad()

@@ -59,7 +59,7 @@ class UpSample1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
-        taps = self.filter.to(x.dtype).expand(channels, -1, -1)
+        taps = self.filter.to(x).expand(channels, -1, -1)
         x = F.pad(x, (self.pad, self.pad), mode="replicate")
         x = self.ratio * F.conv_transpose1d(x, taps, stride=self.ratio, groups=channels)
         return x[..., self.crop_left : x.shape[-1] - self.crop_right]
@@ -83,7 +83,7 @@ class LowPassFilter1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
         x = F.pad(x, (self.pad_left, self.pad_right), mode="replicate")
-        return F.conv1d(x, self.filter.to(x.dtype).expand(channels, -1, -1), stride=self.stride, groups=channels)
+        return F.conv1d(x, self.filter.to(x).expand(channels, -1, -1), stride=self.stride, groups=channels)
 
 
 class DownSample1d(nn.Module):

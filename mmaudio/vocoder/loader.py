@@ -58,7 +58,7 @@ def fold_weight_norm(state_dict: Mapping[str, Any], source: str, dtype: torch.dt
     for prefix, parts in pairs.items():
         if set(parts) != {"g", "v"} or f"{prefix}.weight" in out:
             raise wrong_checkpoint(source, EXPECTED, state_dict,
-                                   f"The weight-norm pair of {prefix!r} is incomplete or duplicated (file damaged?)")
+                                   f"the weight-norm pair of {prefix!r} is incomplete or duplicated (damaged file?)")
         g, v = parts["g"], parts["v"]
         if g.ndim != v.ndim or g.shape[0] != v.shape[0] or g[0].numel() != 1:
             raise wrong_checkpoint(source, EXPECTED, state_dict,
@@ -80,12 +80,12 @@ def infer_vocoder_config(state_dict: Mapping[str, Any], source: str = "the vocod
     mode = next((m for m, mels in MODE_NUM_MELS.items() if mels == num_mels), None)
     if mode is None:
         raise wrong_checkpoint(source, EXPECTED, state_dict,
-                               f"It takes {num_mels} mel bands; MMAudio's vocoders take 80 (16 kHz) or 128 (44.1 kHz)")
+                               f"it takes {num_mels} mel bands; MMAudio's vocoders take 80 (16 kHz) or 128 (44.1 kHz)")
     config = BigVGANConfig.for_mode(mode).with_width(width)
     if ("conv_post.bias" in shapes) != config.use_bias_at_final:
         has = "has" if "conv_post.bias" in shapes else "has no"
         raise wrong_checkpoint(source, EXPECTED, state_dict,
-                               f"It takes {num_mels} mel bands but {has} conv_post bias, unlike "
+                               f"it takes {num_mels} mel bands but {has} conv_post bias, unlike "
                                f"{KNOWN_VOCODER_NAMES[mode]}: another BigVGAN release, which MMAudio cannot use")
     return config
 
@@ -106,7 +106,8 @@ def load_vocoder(
     """
     name = source or "the vocoder checkpoint"
     if not isinstance(state_dict, Mapping):
-        raise wrong_checkpoint(name, EXPECTED, {}, f"Loaded object is a {type(state_dict).__name__}")
+        kind = type(state_dict).__name__
+        raise wrong_checkpoint(name, EXPECTED, {}, f"the loaded object is a {kind}, not a state dict")
     raw = generator_state_dict(state_dict)
     if isinstance(config, Mapping):
         config = BigVGANConfig.from_dict(config)
@@ -117,7 +118,8 @@ def load_vocoder(
     found = tensor_shapes(fused)
     mismatch = key_mismatch(expected_shapes(vocoder), found)
     if mismatch or len(found) != len(fused):
-        raise wrong_checkpoint(name, EXPECTED, raw, mismatch)
+        extra = sorted(k for k in fused if k not in found)
+        raise wrong_checkpoint(name, EXPECTED, raw, mismatch or f"it has non-tensor entries {extra[:5]}")
     vocoder.load_state_dict(fused, strict=True, assign=True)
     for key, buffer in vocoder.named_buffers():
         if key.endswith("filter") and buffer.dtype != torch.float32:

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -147,6 +148,19 @@ def _verify_json(path: Path, entry: KnownFile) -> None:
 
 # ---- download ------------------------------------------------------------------------------------------------------
 
+_STAGING_PREFIX = ".mmaudio-download-"
+_STALE_S = 24 * 3600
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Remove staging folders a killed process left behind (a day old: no live download is that slow)."""
+    now = time.time()
+    for stale in folder.glob(f"{_STAGING_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if stale.is_dir() and now - stale.stat().st_mtime > _STALE_S:
+                shutil.rmtree(stale, ignore_errors=True)
+
+
 def _staging_bytes(folder: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(folder):
@@ -242,7 +256,8 @@ def download_known_file(
         raise missing_weights_error(entry, folder, "HF_HUB_OFFLINE is set, so it is not downloaded")
 
     folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f".mmaudio-download-{uuid.uuid4().hex[:12]}"
+    _remove_stale_staging(folder)
+    staging = folder / f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     try:
         if progress is not None:

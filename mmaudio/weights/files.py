@@ -149,7 +149,13 @@ def load_state_dict_file(path: str | os.PathLike[str], kind: str | None = None) 
 
 def _walk_weights(folder: Path) -> list[Path]:
     found = []
+    visited: set[tuple[int, int]] = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
+        stat = os.stat(root)
+        if (stat.st_dev, stat.st_ino) in visited:  # a symlink loop
+            dirs[:] = []
+            continue
+        visited.add((stat.st_dev, stat.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # staging and cache folders are hidden
         for name in sorted(files):
             if name.lower().endswith(WEIGHT_SUFFIXES) and not name.startswith("."):

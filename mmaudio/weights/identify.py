@@ -133,7 +133,8 @@ _NETWORK_REQUIRED = (
 def network_hyperparameters(view: Shapes) -> dict[str, Any]:
     """Architecture of a flow network read from its state-dict shapes (our own rule, independent of the model)."""
     audio_in = _shape(view, "audio_input_proj.0.weight")
-    assert audio_in is not None and len(audio_in) == 3
+    if audio_in is None or len(audio_in) != 3:
+        raise ValueError("not a flow network: audio_input_proj.0.weight is missing or not a Conv1d weight")
     hidden, latent_dim = audio_in[0], audio_in[1]
     joint = _count(view, r"joint_blocks\.(\d+)\.")
     fused = _count(view, r"fused_blocks\.(\d+)\.")
@@ -185,12 +186,15 @@ def _network_from_model_package(view: Shapes) -> _ModelVerdict | None:
     """
     try:
         from ..model import config_from_state_dict
-    except ImportError:
+    except Exception as error:  # absent or broken model package: identification stands on its own rule
+        log.debug("model package unavailable for network detection: %s", error)
         return None
     try:
         config = config_from_state_dict(view)
     except ValueError as error:  # WrongCheckpointError and other validation errors
         return _ModelVerdict(None, None, str(error))
+    except Exception as error:  # whatever stops the builder's detector also stops the build
+        return _ModelVerdict(None, None, f"{type(error).__name__}: {error}")
     return _ModelVerdict(getattr(config, "name", None), getattr(config, "mode", None), None)
 
 
@@ -463,7 +467,7 @@ def identify_components(shapes: Shapes) -> list[CheckpointIdentity]:
                 view = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
                 try:
                     identity = rule(view, prefix, shapes)
-                except (KeyError, IndexError, TypeError, ValueError, AssertionError, ZeroDivisionError) as error:
+                except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as error:
                     log.debug("%s rule failed under prefix %r: %s", kind, prefix, error)
                     identity = None
                 if identity is not None:
