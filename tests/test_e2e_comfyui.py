@@ -353,8 +353,8 @@ def test_video_to_audio_through_the_http_api(comfy):
 
     video = outputs["save_video"]["images"][0]
     assert outputs["save_video"].get("animated") in ([True], (True,), True)
-    rate, channels, seconds = _audio_info(_view(comfy, video), ".mp4")
-    assert channels == 1 and seconds > 0.5
+    rate, _channels, seconds = _audio_info(_view(comfy, video), ".mp4")  # core's AAC stream layout is its own
+    assert rate == 16000 and seconds > 0.5
 
 
 def test_interrupt_mid_sampling_leaves_comfyui_ready(comfy):

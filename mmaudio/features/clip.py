@@ -51,6 +51,58 @@ def build_clip(config: Mapping[str, Any] | None = None) -> nn.Module:
         return open_clip.model.CLIP(**cfg)
 
 
+def _count_blocks(keys: Sequence[str], prefix: str) -> int:
+    indices = {int(k[len(prefix):].split(".", 1)[0]) for k in keys if k.startswith(prefix)}
+    return max(indices) + 1 if indices else 0
+
+
+def clip_config_for(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The open_clip config that fits a checkpoint's shapes: the shipped DFN5B config for the published model,
+    otherwise one read off the shapes (fine-tunes of other widths, small test models).
+
+    Head counts are not visible in the shapes; other sizes use 64-channel text heads and 80-channel (or, when
+    the width is not a multiple of 80, 64-channel) image heads, as open_clip's ViT configs do.
+    """
+    weights = _strip_prefix(sd, "visual.conv1.weight")
+    published = clip_config()
+    try:
+        conv = weights["visual.conv1.weight"].shape
+        tokens = weights["token_embedding.weight"].shape
+        positions = weights["visual.positional_embedding"].shape[0]
+        text_positions = weights["positional_embedding"].shape[0]
+        proj = weights["visual.proj"].shape
+    except KeyError:
+        return published  # not a CLIP at all: clip_weights() explains what is missing
+    keys = list(weights)
+    vision_width, patch = int(conv[0]), int(conv[-1])
+    grid = round((positions - 1) ** 0.5)
+    inferred = {
+        "embed_dim": int(proj[1]),
+        "quick_gelu": True,
+        "vision_cfg": {
+            "image_size": grid * patch,
+            "layers": _count_blocks(keys, "visual.transformer.resblocks."),
+            "width": vision_width,
+            "head_width": 80 if vision_width % 80 == 0 else 64,
+            "patch_size": patch,
+        },
+        "text_cfg": {
+            "context_length": int(text_positions),
+            "vocab_size": int(tokens[0]),
+            "width": int(tokens[1]),
+            "heads": max(1, int(tokens[1]) // 64),
+            "layers": _count_blocks(keys, "transformer.resblocks."),
+        },
+    }
+    same_shape = all(inferred[k] == published[k] for k in ("embed_dim",)) and all(
+        inferred[cfg][field] == published[cfg][field]
+        for cfg in ("vision_cfg", "text_cfg")
+        for field in inferred[cfg]
+        if field not in ("head_width", "heads")
+    )
+    return published if same_shape else inferred
+
+
 def causal_mask(context_length: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """open_clip's text attention mask: 0 on and below the diagonal, -inf above (float32)."""
     return torch.full((context_length, context_length), float("-inf"), device=device).triu_(1)
@@ -189,7 +241,7 @@ def load_clip(
 
     ``dtype`` casts the weights (None keeps the file's dtype); the model computes in its weights' dtype.
     """
-    model = build_clip(config)
+    model = build_clip(config if config is not None else clip_config_for(sd))
     weights = clip_weights(sd, model.state_dict())
     weights = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in weights.items()}
     model.load_state_dict(weights, strict=True, assign=True)

@@ -1,0 +1,221 @@
+"""Speed, memory and output agreement of the MMAudio pipeline, per variant and device, with random weights.
+
+Run from the repository root, either way:
+
+    python bench/benchmark.py --variants small_16k --device cpu --threads 2 --features none
+    python -m bench.benchmark --variants small_16k,large_44k_v2 --device cuda --dtype bf16 --json out.json
+    python bench/benchmark.py --variants small_16k --features none --reference /path/to/MMAudio   # vs reference
+
+Measured per variant: feature extraction (frame choice and resizing, CLIP at 8 fps, Synchformer at 25 fps, CLIP
+text), conditions, sampling (total and per step; guidance batched into one forward), VAE and vocoder decoding,
+the whole clip end to end, and peak memory (CPU: process RSS; CUDA: max_memory_allocated). With ``--reference``
+the reference network and sampler (two passes per step) run on the same weights, features and noise, and the
+time ratios and the difference of the final latents are reported. A quality guard compares bf16 / fp16 weights
+and batched guidance against float32 two-pass sampling. Weights are random at the variants' real sizes (the
+library's own configs); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the ``bench`` package importable (repository root)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from bench.components import VARIANT_NAMES
+from bench.library import library_module, load_library, load_reference
+from bench.report import environment, format_report
+from bench.runs import Settings, measure_variant
+
+# The paper's generation times for an 8 s clip (H100-class GPU; what the timing includes is not stated).
+PAPER_SECONDS = {"small_16k": 1.23, "large_44k": 1.96}
+CPU_TARGET_RATIO = 0.7  # small_16k sampling at most 0.7x the reference's time on the CPU (8 s, 25 steps, fp32)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _video_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 360x640, got {text!r}") from None
+    if height < 16 or width < 16:
+        raise argparse.ArgumentTypeError(f"video size {text!r} is too small")
+    return height, width
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _variants(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANT_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant(s) {unknown or text!r}; choose from {', '.join(VARIANT_NAMES)}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", type=_variants, default=["small_16k"],
+                   help=f"comma-separated, from {', '.join(VARIANT_NAMES)} (default small_16k)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", default="fp32", help="network weights: fp32, bf16, fp16 or fp8 (= fp8_e4m3fn; "
+                   "computes in bf16)")
+    p.add_argument("--decoder-dtype", default="fp32", help="VAE and vocoder weights (default fp32)")
+    p.add_argument("--steps", type=_positive_int, default=25)
+    p.add_argument("--duration", type=float, default=8.0, help="clip seconds (default 8)")
+    p.add_argument("--cfg", type=float, default=4.5)
+    p.add_argument("--batch", type=_positive_int, default=1, help="samples generated together")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="timed runs; medians are reported")
+    p.add_argument("--warmup", type=int, default=1, help="untimed 1-step runs before timing (default 1)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--features", choices=("all", "sync", "none"), default="all",
+                   help="feature extraction to measure: all (CLIP images+text and Synchformer), sync (Synchformer "
+                        "only; CLIP ViT-H is very slow on a CPU), none (random features)")
+    p.add_argument("--skip-features", action="store_const", const="none", dest="features",
+                   help="same as --features none")
+    p.add_argument("--video-size", type=_video_size, default=(360, 640), help="source frames HxW (default 360x640)")
+    p.add_argument("--video-fps", type=float, default=25.0, help="source frame rate (default 25)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network's predict_flow (ours and "
+                   "the reference's)")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default")
+    p.add_argument("--cuda-graphs", action="store_const", const="reduce-overhead", dest="compile_mode",
+                   help="with --compile: mode reduce-overhead (CUDA graphs)")
+    p.add_argument("--no-tf32", action="store_true", help="CUDA fp32 without TF32 (the reference demo allows it)")
+    p.add_argument("--no-two-pass", action="store_true", help="skip our two-pass guidance timing")
+    p.add_argument("--no-quality", action="store_true", help="skip the quality guard")
+    p.add_argument("--quality-dtypes", default="bf16,fp16", help="weights dtypes for the quality guard")
+    p.add_argument("--quality-steps", type=_positive_int, default=None, help="steps of quality runs (default --steps)")
+    p.add_argument("--reference", type=Path, default=None, help="checkout of hkchengrex/MMAudio to compare with")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--json", type=Path, default=None, help="write the full report here")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    return device
+
+
+def _targets(results: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
+    """The issue's targets, each met / missed / not measured by this run."""
+    targets = []
+    canonical = settings.steps == 25 and settings.duration == 8.0 and settings.batch == 1
+    for r in results:
+        if r["variant"] != "small_16k" or r["device"] != "cpu" or r["dtype"] != "fp32" or not canonical:
+            continue
+        ratio = (r.get("ratios") or {}).get("sampling_over_reference")
+        detail = "needs --reference" if ratio is None else (
+            f"ours {r['stages']['sampling']['seconds']['median']:.2f} s vs reference "
+            f"{r['reference']['sampling']['seconds']['median']:.2f} s = {ratio:.3f}x")
+        targets.append({"name": f"small_16k sampling <= {CPU_TARGET_RATIO}x the reference on the CPU",
+                        "ratio": ratio, "met": None if ratio is None else ratio <= CPU_TARGET_RATIO,
+                        "detail": detail})
+    for variant, paper in PAPER_SECONDS.items():
+        row = next((r for r in results if r["variant"] == variant and r["device"].startswith("cuda")), None)
+        name = f"{variant} end to end, 8 s clip, close to the paper's {paper} s (H100-class GPU)"
+        if row is None or not canonical:
+            targets.append({"name": name, "met": None,
+                            "detail": "needs a CUDA run of this variant at 8 s, 25 steps, batch 1"})
+            continue
+        seconds = row["stages"]["end_to_end"]["seconds"]["median"]
+        targets.append({"name": name, "seconds": seconds, "met": seconds <= paper,
+                        "detail": f"{seconds:.2f} s on {torch.cuda.get_device_name(row['device'])}"})
+    return targets
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        with contextlib.suppress(RuntimeError):  # only possible before the first parallel op
+            torch.set_num_interop_threads(args.threads)
+    device = _pick_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
+        torch.backends.cudnn.allow_tf32 = not args.no_tf32
+    load_library()
+    precision = library_module("weights.precision")
+
+    def dtype_name(text: str) -> str:
+        try:
+            return precision.dtype_name(precision.parse_dtype(text))
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+
+    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    settings = Settings(
+        device=device, dtype_name=dtype_name(args.dtype), steps=args.steps, duration=args.duration,
+        repeats=args.repeats, warmup=max(0, args.warmup), cfg=args.cfg, batch=args.batch, seed=args.seed,
+        features=args.features, video_size=args.video_size, video_fps=args.video_fps,
+        decoder_dtype_name=dtype_name(args.decoder_dtype), compile=args.compile, compile_mode=args.compile_mode,
+        two_pass=not args.no_two_pass, quality=not args.no_quality,
+        quality_dtypes=tuple(dtype_name(d) for d in args.quality_dtypes.split(",") if d.strip()),
+        quality_steps=args.quality_steps, log=log)
+    if args.reference is not None:
+        try:
+            settings.reference = load_reference(args.reference)
+        except ImportError as exc:
+            settings.reference_error = f"reference not compared: {exc}"
+            log(settings.reference_error)
+
+    started = time.time()
+    results = [measure_variant(name, settings) for name in args.variants]
+    report = {
+        "schema": "mmaudio-sync-benchmark/1",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_seconds": time.time() - started,
+        "environment": environment(device),
+        "settings": {
+            "device": str(device), "dtype": settings.dtype_name, "decoder_dtype": settings.decoder_dtype_name,
+            "steps": settings.steps, "duration": settings.duration, "cfg": settings.cfg, "batch": settings.batch,
+            "repeats": settings.repeats, "warmup": settings.warmup, "seed": settings.seed,
+            "features": settings.features, "video_size": list(settings.video_size), "video_fps": settings.video_fps,
+            "compile": settings.compile, "compile_mode": settings.compile_mode if settings.compile else None,
+            "reference": str(args.reference) if args.reference else None,
+        },
+        "results": results,
+    }
+    report["targets"] = _targets(results, settings)
+    report = _finite(report)
+    print(format_report(report))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        log(f"wrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

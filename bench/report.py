@@ -1,0 +1,142 @@
+"""The benchmark's printed tables and the environment block of its JSON report."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.library import REPO_ROOT
+from bench.measure import MIB, load_average
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit(root: Path = REPO_ROOT) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": load_average(),
+        "commit": git_commit(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(gpu=props.name, gpu_memory_bytes=props.total_memory, cuda=torch.version.cuda,
+                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+    return env
+
+
+# ---- formatting --------------------------------------------------------------------------------------------
+def _secs(stage: dict[str, Any] | None, key: str = "seconds") -> str:
+    if not stage or key not in stage or stage[key]["median"] is None:
+        return "-"
+    value = stage[key]["median"]
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _mib(stage: dict[str, Any] | None, key: str) -> str:
+    if not stage or stage.get(key) is None:
+        return "-"
+    return f"{stage[key] / MIB:,.0f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    body = ["  ".join(str(c).rjust(w) if j else str(c).ljust(w) for j, (c, w) in enumerate(zip(r, widths,
+                                                                                                strict=True)))
+            for r in rows]
+    return "\n".join([line, "-" * len(line), *body])
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Tables: stage times (median over repeats), memory, comparison with the reference, quality guard."""
+    results = report["results"]
+    s = report["settings"]
+    parts = [f"MMAudio benchmark: {s['duration']:g} s clip, {s['steps']} steps, cfg {s['cfg']:g}, batch {s['batch']}, "
+             f"{s['repeats']} repeat(s), medians; device {s['device']} "
+             f"({report['environment'].get('gpu') or report['environment']['cpu']}), "
+             f"{report['environment']['torch_threads']} threads, torch {report['environment']['torch']}"]
+    rows = []
+    for r in results:
+        st = r["stages"]
+        rows.append([f"{r['variant']} {r['dtype']}", _secs(st.get("features")), _secs(st.get("conditions")),
+                     _secs(st.get("sampling"), "step_seconds"), _secs(st.get("sampling")), _secs(st.get("vae")),
+                     _secs(st.get("vocoder")), _secs(st.get("end_to_end"))])
+    parts.append(_table(["variant", "features", "conditions", "step", "sampling", "VAE", "vocoder", "end to end"],
+                        rows))
+    rows = []
+    for r in results:
+        st = r["stages"]
+        rows.append([f"{r['variant']} {r['dtype']}", _mib(st.get("features"), "peak_delta_bytes"),
+                     _mib(st.get("sampling"), "peak_delta_bytes"), _mib(st.get("decoding"), "peak_delta_bytes"),
+                     _mib(st.get("end_to_end"), "peak_bytes"), f"{r['network_weight_bytes'] / MIB:,.0f}"])
+    unit = "MiB, " + ("CUDA allocated" if results and results[0]["device"].startswith("cuda") else "process RSS")
+    parts.append(f"Peak memory ({unit}; +stage = above the stage's starting level)")
+    parts.append(_table(["variant", "+features", "+sampling", "+decoding", "peak end to end", "network weights"],
+                        rows))
+
+    rows = []
+    for r in results:
+        ref = r.get("reference") or {}
+        ratios = r.get("ratios") or {}
+        if "skipped" in ref:
+            rows.append([f"{r['variant']} {r['dtype']}", "-", "-", "-", "-", "-", ref["skipped"]])
+            continue
+        if not ratios:
+            continue
+        agreement = ref.get("latent_agreement") or {}
+
+        def fmt(v: float | None, spec: str = ".3f") -> str:
+            return "-" if v is None else format(v, spec)
+
+        rows.append([f"{r['variant']} {r['dtype']}", _secs(r["stages"].get("sampling")),
+                     _secs(r.get("sampling_two_pass")), _secs(ref.get("sampling")),
+                     fmt(ratios.get("sampling_over_reference")), fmt(ratios.get("batched_over_two_pass")),
+                     fmt(agreement.get("rel_l2"), ".2e")])
+    if rows:
+        parts.append("Sampling: ours (batched guidance) / ours (two passes) / reference (two passes)")
+        parts.append(_table(["variant", "ours", "ours 2-pass", "reference", "ours/ref", "batched/2-pass",
+                             "rel-L2 vs ref"], rows))
+
+    rows = []
+    for r in results:
+        q = r.get("quality")
+        if not q:
+            continue
+        for row in q["rows"]:
+            rows.append([r["variant"], row["setting"], f"{row['rel_l2']:.2e}", f"{row['cosine']:.6f}",
+                         f"{row['max_abs']:.2e}"])
+    if rows:
+        parts.append(f"Quality guard: final latents against ours fp32 two-pass "
+                     f"({results[0]['quality']['steps']} steps)")
+        parts.append(_table(["variant", "setting", "rel-L2", "cosine", "max |diff|"], rows))
+    for target in report.get("targets", []):
+        verdict = {True: "MET", False: "MISSED", None: "not measured"}[target["met"]]
+        parts.append(f"Target: {target['name']}: {verdict} ({target['detail']})")
+    return "\n\n".join(parts)

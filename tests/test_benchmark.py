@@ -1,0 +1,133 @@
+"""The benchmark script runs end to end on the tiny variant and writes a complete JSON report.
+
+It runs as users run it (``python bench/benchmark.py`` in a subprocess, so the library is loaded under the
+benchmark's private name, apart from this test session's ``mmaudio``). Timings are only checked for being
+finite and positive, never against thresholds: this machine's load decides them. One thread keeps small ops
+free of OpenMP contention with other processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_ARGS = ["--variants", "tiny", "--device", "cpu", "--threads", "1", "--duration", "1", "--steps", "2",
+             "--repeats", "2", "--video-size", "48x64", "--quiet"]
+FEATURE_STAGES = ("frames", "clip", "sync", "text")
+STAGES = (*FEATURE_STAGES, "features", "conditions", "sampling", "vae", "vocoder", "decoding", "end_to_end")
+
+
+def _run(tmp_path: Path, *extra: str) -> tuple[dict, str]:
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "benchmark.py"), *TINY_ARGS, *extra,
+                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"benchmark failed:\n{done.stdout}\n{done.stderr}"
+    return json.loads(out.read_text()), done.stdout
+
+
+def _positive(value: object, what: str) -> None:
+    assert isinstance(value, float) and math.isfinite(value) and value > 0, f"{what}: {value!r}"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    return _run(tmp_path_factory.mktemp("bench"))
+
+
+def test_report_has_settings_and_environment(report: tuple[dict, str]) -> None:
+    data, _ = report
+    assert data["schema"] == "mmaudio-sync-benchmark/1"
+    assert data["settings"]["steps"] == 2 and data["settings"]["duration"] == 1.0
+    assert data["settings"]["device"] == "cpu" and data["settings"]["dtype"] == "fp32"
+    env = data["environment"]
+    assert env["torch"] and env["cpu"] and env["torch_threads"] == 1
+    assert [r["variant"] for r in data["results"]] == ["tiny"]
+
+
+def test_every_stage_is_timed_with_finite_positive_figures(report: tuple[dict, str]) -> None:
+    data, _ = report
+    result = data["results"][0]
+    stages = result["stages"]
+    assert set(STAGES) <= set(stages), sorted(stages)
+    for name in STAGES:
+        seconds = stages[name]["seconds"]
+        assert len(seconds["runs"]) == 2, name
+        for value in seconds["runs"]:
+            _positive(value, f"{name} seconds")
+        assert seconds["min"] <= seconds["median"] <= seconds["max"]
+        assert stages[name]["peak_bytes"] > 0 and stages[name]["peak_delta_bytes"] >= 0
+    steps = stages["sampling"]["step_seconds"]
+    _positive(steps["median"], "seconds per step")
+    # The stages are marks on one clock: the parts add up to the whole.
+    for i in range(2):
+        parts = sum(stages[n]["seconds"]["runs"][i] for n in (*FEATURE_STAGES, "conditions", "sampling", "vae",
+                                                               "vocoder"))
+        assert stages["end_to_end"]["seconds"]["runs"][i] == pytest.approx(parts, rel=1e-9)
+    assert stages["decoding"]["stages"] == ["vae", "vocoder"]
+
+
+def test_sizes_and_sequence_lengths_follow_the_library(report: tuple[dict, str]) -> None:
+    result = report[0]["results"][0]
+    assert result["mode"] == "16k"
+    lengths = result["sequence_lengths"]
+    # 1 s at 16 kHz: ceil(16000 / 256 / 2) latents, 8 CLIP frames, 2 Synchformer segments of 8 tokens.
+    assert lengths == {"latent": 32, "clip": 8, "sync": 16, "text": 77}
+    for part in ("network", "vae_decoder", "vocoder", "clip", "synchformer"):
+        assert result["parameters"][part] > 0, part
+    assert result["network_weight_bytes"] == 4 * result["parameters"]["network"]
+
+
+def test_two_pass_timing_and_quality_guard(report: tuple[dict, str]) -> None:
+    result = report[0]["results"][0]
+    _positive(result["sampling_two_pass"]["seconds"]["median"], "two-pass sampling")
+    _positive(result["ratios"]["batched_over_two_pass"], "batched / two-pass")
+    quality = result["quality"]
+    rows = {row["setting"]: row for row in quality["rows"]}
+    assert {"fp32, batched guidance", "bf16 weights, batched guidance", "fp16 weights, batched guidance"} <= set(rows)
+    for row in rows.values():
+        assert row["finite"] and math.isfinite(row["rel_l2"]) and -1.0 <= row["cosine"] <= 1.0 + 1e-12
+    # Batching the two guidance branches changes only the summation order of float32 matmuls.
+    assert rows["fp32, batched guidance"]["rel_l2"] < 1e-4
+    assert rows["bf16 weights, batched guidance"]["rel_l2"] > rows["fp32, batched guidance"]["rel_l2"]
+
+
+def test_targets_and_table(report: tuple[dict, str]) -> None:
+    data, stdout = report
+    names = [t["name"] for t in data["targets"]]
+    assert any("paper" in n for n in names)
+    # A CPU-only run of the tiny variant measures none of the issue's targets.
+    assert all(t["met"] is None for t in data["targets"])
+    for heading in ("variant", "end to end", "Quality guard", "Peak memory"):
+        assert heading in stdout
+
+
+def test_skipping_features_and_reference_errors_are_reported(tmp_path: Path) -> None:
+    data, _ = _run(tmp_path, "--features", "none", "--no-quality", "--no-two-pass", "--reference",
+                        str(tmp_path / "no-such-checkout"))
+    result = data["results"][0]
+    assert "features" not in result["stages"] and "frames" not in result["stages"]
+    assert "random features" in result["features_note"]
+    assert "not a checkout" in result["reference"]["skipped"]
+    assert "quality" not in result and "sampling_two_pass" not in result
+    _positive(result["stages"]["end_to_end"]["seconds"]["median"], "end to end")
+
+
+@pytest.mark.skipif(not os.environ.get("MMAUDIO_REFERENCE_CODE"),
+                    reason="set MMAUDIO_REFERENCE_CODE to a checkout of hkchengrex/MMAudio to compare with it")
+def test_reference_runs_on_the_same_weights(tmp_path: Path) -> None:
+    data, _ = _run(tmp_path, "--features", "none", "--reference", os.environ["MMAUDIO_REFERENCE_CODE"])
+    result = data["results"][0]
+    ref = result["reference"]
+    _positive(ref["sampling"]["seconds"]["median"], "reference sampling")
+    _positive(result["ratios"]["sampling_over_reference"], "ours / reference")
+    assert ref["latent_agreement"]["rel_l2"] < 1e-4
+    rows = {row["setting"]: row for row in result["quality"]["rows"]}
+    # Our two-pass float32 path is the reference's arithmetic.
+    assert rows["reference fp32 (two-pass)"]["rel_l2"] < 1e-5
