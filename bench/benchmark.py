@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tf32", action="store_true", help="CUDA fp32 without TF32 (the reference demo allows it)")
     p.add_argument("--no-two-pass", action="store_true", help="skip our two-pass guidance timing")
     p.add_argument("--no-quality", action="store_true", help="skip the quality guard")
-    p.add_argument("--quality-dtypes", default="bf16,fp16", help="weights dtypes for the quality guard")
+    p.add_argument("--quality-dtypes", default=None,
+                   help="weights dtypes for the quality guard (default: bf16 on a CPU, where fp16 has no fast "
+                        "kernels; bf16,fp16,fp8 on CUDA)")
     p.add_argument("--quality-steps", type=_positive_int, default=None, help="steps of quality runs (default --steps)")
     p.add_argument("--reference", type=Path, default=None, help="checkout of hkchengrex/MMAudio to compare with")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
 
+    quality_dtypes = args.quality_dtypes or ("bf16,fp16,fp8" if device.type == "cuda" else "bf16")
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     settings = Settings(
         device=device, dtype_name=dtype_name(args.dtype), steps=args.steps, duration=args.duration,
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         features=args.features, video_size=args.video_size, video_fps=args.video_fps,
         decoder_dtype_name=dtype_name(args.decoder_dtype), compile=args.compile, compile_mode=args.compile_mode,
         two_pass=not args.no_two_pass, quality=not args.no_quality,
-        quality_dtypes=tuple(dtype_name(d) for d in args.quality_dtypes.split(",") if d.strip()),
+        quality_dtypes=tuple(dtype_name(d) for d in quality_dtypes.split(",") if d.strip()),
         quality_steps=args.quality_steps, log=log)
     if args.reference is not None:
         try:

@@ -143,6 +143,8 @@ class StageRecord:
     steps: list[Any] = field(default_factory=list)
     memory_before: int = 0
     memory_peak: int = 0
+    cpu_start: float = 0.0  # process CPU time (all threads), for CPU runs on a shared machine
+    cpu_end: float = 0.0
 
 
 class RunRecorder:
@@ -160,11 +162,13 @@ class RunRecorder:
         self.memory.reset_peak()
         record.memory_before = self.memory.current()
         self._open = record
+        record.cpu_start = time.process_time()
         record.start = self.clock.mark()
         try:
             yield record
         finally:
             record.end = self.clock.mark()
+            record.cpu_end = time.process_time()
             record.memory_peak = max(self.memory.peak(), record.memory_before)
             self._open = None
             self.stages.append(record)
@@ -175,7 +179,8 @@ class RunRecorder:
             self._open.steps.append(self.clock.mark())
 
     def results(self) -> dict[str, dict[str, Any]]:
-        """Per stage: seconds, step seconds (if any), peak bytes and the peak's excess over the stage's start."""
+        """Per stage: seconds, step seconds (if any), process CPU seconds, peak bytes and the peak's excess over
+        the stage's starting level."""
         self.clock.synchronize()
         out: dict[str, dict[str, Any]] = {}
         for rec in self.stages:
@@ -184,6 +189,7 @@ class RunRecorder:
             out[rec.name] = {
                 "seconds": self.clock.seconds(rec.start, rec.end),
                 "step_seconds": steps,
+                "cpu_seconds": rec.cpu_end - rec.cpu_start,
                 "peak_bytes": rec.memory_peak,
                 "peak_delta_bytes": rec.memory_peak - rec.memory_before,
             }

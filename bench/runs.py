@@ -196,6 +196,7 @@ def _stage_summary(runs: list[dict[str, dict[str, Any]]], name: str) -> dict[str
     if not runs or name not in runs[0]:
         return None
     out = {"seconds": summarize([r[name]["seconds"] for r in runs]),
+           "cpu_seconds": summarize([r[name]["cpu_seconds"] for r in runs]),
            "peak_bytes": max(r[name]["peak_bytes"] for r in runs),
            "peak_delta_bytes": max(r[name]["peak_delta_bytes"] for r in runs)}
     steps = [s for r in runs for s in r[name]["step_seconds"]]

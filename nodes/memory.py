@@ -8,6 +8,7 @@ another model needs room. Nothing here calls ``.cuda()``; node outputs are moved
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,9 +114,15 @@ class ModelRoot(nn.Module):
             self.add_module(name, part)
 
 
+@functools.lru_cache(maxsize=None)
+def _root_class(name: str) -> type[ModelRoot]:
+    # ComfyUI logs "Requested to load <root class name>": name the root after what it holds.
+    return type(name, (ModelRoot,), {"__doc__": ModelRoot.__doc__})
+
+
 def wrap(placement: Placement, **parts: nn.Module) -> comfy.model_patcher.ModelPatcher:
     """A ModelPatcher over ``parts`` (already built on the offload device)."""
-    root = ModelRoot(**parts)
+    root = _root_class("+".join(type(part).__name__ for part in parts.values()))(**parts)
     return comfy.model_patcher.ModelPatcher(root, load_device=placement.load_device,
                                             offload_device=placement.offload_device)
 

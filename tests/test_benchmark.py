@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_ARGS = ["--variants", "tiny", "--device", "cpu", "--threads", "1", "--duration", "1", "--steps", "2",
-             "--repeats", "2", "--video-size", "48x64", "--quiet"]
+             "--repeats", "2", "--video-size", "48x64", "--quality-dtypes", "bf16,fp16", "--quiet"]
 FEATURE_STAGES = ("frames", "clip", "sync", "text")
 STAGES = (*FEATURE_STAGES, "features", "conditions", "sampling", "vae", "vocoder", "decoding", "end_to_end")
 

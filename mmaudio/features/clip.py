@@ -60,8 +60,8 @@ def clip_config_for(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """The open_clip config that fits a checkpoint's shapes: the shipped DFN5B config for the published model,
     otherwise one read off the shapes (fine-tunes of other widths, small test models).
 
-    Head counts are not visible in the shapes; other sizes use 64-channel text heads and 80-channel (or, when
-    the width is not a multiple of 80, 64-channel) image heads, as open_clip's ViT configs do.
+    Head counts are not visible in the shapes; other sizes use 64-channel text heads and 80- or 64-channel
+    image heads as open_clip's ViT configs do (one head when the width is a multiple of neither).
     """
     weights = _strip_prefix(sd, "visual.conv1.weight")
     published = clip_config()
@@ -83,14 +83,14 @@ def clip_config_for(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
             "image_size": grid * patch,
             "layers": _count_blocks(keys, "visual.transformer.resblocks."),
             "width": vision_width,
-            "head_width": 80 if vision_width % 80 == 0 else 64,
+            "head_width": next((w for w in (80, 64) if vision_width % w == 0), vision_width),
             "patch_size": patch,
         },
         "text_cfg": {
             "context_length": int(text_positions),
             "vocab_size": int(tokens[0]),
             "width": int(tokens[1]),
-            "heads": max(1, int(tokens[1]) // 64),
+            "heads": int(tokens[1]) // 64 if int(tokens[1]) % 64 == 0 else 1,
             "layers": _count_blocks(keys, "transformer.resblocks."),
         },
     }

@@ -1,0 +1,110 @@
+"""The headless command runs the library stages end to end on small random-weight files."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from mmaudio.cli import main
+from mmaudio.features.frames import plan_frames
+
+from .comfy_stub import tiny_weights
+
+FPS = 12
+SECONDS = 1.5
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("weights")
+    names = tiny_weights.write_models(folder, allow_full_clip=False)
+    assert names.tiny_clip, "the library must load a small CLIP for this test"
+    return {kind: folder / getattr(names, kind) for kind in ("network", "vae", "vocoder", "clip", "synchformer")}
+
+
+def _component_args(models: dict[str, Path]) -> list[str]:
+    args = []
+    for kind, path in models.items():
+        args += [f"--{kind}", str(path)]
+    return [*args, "--no-download", "--steps", "2", "--device", "cpu", "--quiet"]
+
+
+def _write_video(path: Path) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(int(FPS * SECONDS)):
+            image = np.zeros((48, 64, 3), np.uint8)
+            image[:, (i * 4) % 64:(i * 4) % 64 + 8] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _streams(path: Path) -> dict[str, float]:
+    with av.open(str(path)) as container:
+        out = {}
+        for stream in container.streams:
+            duration = float(stream.duration * stream.time_base) if stream.duration else float(
+                container.duration / av.time_base)
+            out[stream.type] = duration
+        return out
+
+
+def test_video_to_audio_writes_a_muxed_video_and_the_audio(models, tmp_path, capsys) -> None:
+    video = tmp_path / "in.mp4"
+    _write_video(video)
+    out = tmp_path / "out.mp4"
+    code = main(["generate", "--video", str(video), "--prompt", "footsteps", "--out", str(out),
+                 *_component_args(models)])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out.split()
+    assert str(out) in printed and str(out.with_suffix(".flac")) in printed
+    streams = _streams(out)
+    assert set(streams) == {"video", "audio"}
+    assert abs(streams["audio"] - streams["video"]) < 0.05
+    with av.open(str(out.with_suffix(".flac"))) as audio:
+        stream = audio.streams.audio[0]
+        assert stream.rate == 16000  # the tiny network is a 16 kHz model
+        samples = sum(frame.samples for frame in audio.decode(stream))
+    # The reference cuts the duration to the frames it can sample at 25 fps (36 slots here: 1.44 s).
+    expected = plan_frames(int(FPS * SECONDS), FPS).duration
+    assert 1.4 < expected <= SECONDS
+    assert samples == round(expected * 16000)
+
+
+def test_text_to_audio_writes_an_audio_file_of_the_requested_length(models, tmp_path, capsys) -> None:
+    out = tmp_path / "rain.wav"
+    code = main(["generate", "--prompt", "rain on a tin roof", "--duration", "1.0", "--samples", "2", "--out",
+                 str(out), *_component_args(models)])
+    assert code == 0, capsys.readouterr().err
+    written = sorted(tmp_path.glob("rain_*.wav"))
+    assert [p.name for p in written] == ["rain_00.wav", "rain_01.wav"]
+    with av.open(str(written[0])) as audio:
+        stream = audio.streams.audio[0]
+        frames = [f.to_ndarray() for f in audio.decode(stream)]
+    assert sum(f.shape[-1] for f in frames) == 16000
+    assert Fraction(stream.rate) == 16000
+
+
+def test_bad_video_is_a_clear_error_and_leaves_no_output(models, tmp_path, capsys) -> None:
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_bytes(b"this is not a video")
+    out = tmp_path / "out.mp4"
+    code = main(["generate", "--video", str(not_a_video), "--out", str(out), *_component_args(models)])
+    assert code == 2
+    assert "notes.mp4" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.mp4"]
+
+
+def test_missing_weights_without_download_name_the_file(tmp_path, capsys) -> None:
+    code = main(["generate", "--prompt", "wind", "--duration", "1", "--out", str(tmp_path / "a.wav"),
+                 "--weights", str(tmp_path / "empty"), "--no-download", "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "mmaudio_large_44k_v2" in err and str(tmp_path / "empty") in err
