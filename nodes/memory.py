@@ -114,7 +114,7 @@ class ModelRoot(nn.Module):
             self.add_module(name, part)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _root_class(name: str) -> type[ModelRoot]:
     # ComfyUI logs "Requested to load <root class name>": name the root after what it holds.
     return type(name, (ModelRoot,), {"__doc__": ModelRoot.__doc__})

@@ -83,7 +83,7 @@ class GoldenCase:
         path = self.file(name)
         try:
             return load_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - any decoding failure means an unreadable fixture
+        except Exception as exc:
             raise AssertionError(f"case {self.name}: {name} is not a readable safetensors file: {exc}") from exc
 
     @cached_property
