@@ -33,6 +33,7 @@ import torch
 
 from bench.components import VARIANT_NAMES
 from bench.library import library_module, load_library, load_reference
+from bench.measure import load_average
 from bench.report import environment, format_report
 from bench.runs import Settings, measure_variant
 
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=4.5)
     p.add_argument("--batch", type=_positive_int, default=1, help="samples generated together")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed runs; medians are reported")
-    p.add_argument("--warmup", type=int, default=1, help="untimed 1-step runs before timing (default 1)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed 2-step runs before timing (default 1)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--features", choices=("all", "sync", "none"), default="all",
                    help="feature extraction to measure: all (CLIP images+text and Synchformer), sync (Synchformer "
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "kernels; bf16,fp16,fp8 on CUDA)")
     p.add_argument("--quality-steps", type=_positive_int, default=None, help="steps of quality runs (default --steps)")
     p.add_argument("--reference", type=Path, default=None, help="checkout of hkchengrex/MMAudio to compare with")
+    p.add_argument("--library", type=Path, default=None,
+                   help="measure the mmaudio library of another checkout of this pack (e.g. with a proposed patch)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
         torch.backends.cudnn.allow_tf32 = not args.no_tf32
-    load_library()
+    library = load_library(args.library.resolve()) if args.library else load_library()
     precision = library_module("weights.precision")
 
     def dtype_name(text: str) -> str:
@@ -194,12 +197,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log(settings.reference_error)
 
     started = time.time()
+    load_at_start = load_average()
     results = [measure_variant(name, settings) for name in args.variants]
     report = {
         "schema": "mmaudio-sync-benchmark/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_seconds": time.time() - started,
-        "environment": environment(device),
+        "environment": {**environment(device), "load_average_at_start": load_at_start},
         "settings": {
             "device": str(device), "dtype": settings.dtype_name, "decoder_dtype": settings.decoder_dtype_name,
             "steps": settings.steps, "duration": settings.duration, "cfg": settings.cfg, "batch": settings.batch,
@@ -207,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "features": settings.features, "video_size": list(settings.video_size), "video_fps": settings.video_fps,
             "compile": settings.compile, "compile_mode": settings.compile_mode if settings.compile else None,
             "reference": str(args.reference) if args.reference else None,
+            "library": str(Path(library.__file__).parent),
         },
         "results": results,
     }

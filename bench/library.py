@@ -2,9 +2,10 @@
 
 Both are called ``mmaudio``. Our library only uses relative imports, so it is loaded from its folder under a
 private name (:data:`LIBRARY_NAME`). The reference uses absolute ``mmaudio.*`` imports, so it must be imported
-as ``mmaudio``; that happens with its checkout first on ``sys.path`` and with any ``mmaudio`` modules that were
-already loaded (e.g. ours, in a test session) set aside, then put back. The reference modules stay usable
-afterwards because they hold direct references to each other.
+as ``mmaudio``; that happens with its checkout first on ``sys.path`` (only during the import) and with any
+``mmaudio`` modules that were already loaded (e.g. ours, in a test session) set aside, then put back. The
+reference keeps the name ``mmaudio`` in ``sys.modules`` when nothing else had it (the benchmark script's case),
+which ``torch.compile`` needs to trace it; otherwise its modules stay usable through their direct references.
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ def load_reference(root: Path | str) -> ReferenceModules:
         raise ImportError(f"cannot import the reference network from {root}: {exc}") from exc
     finally:
         sys.path.remove(str(root))
-        for name in [n for n in sys.modules if is_mmaudio(n)]:
-            del sys.modules[name]
-        sys.modules.update(set_aside)
+        if set_aside:  # another ``mmaudio`` was loaded first: it gets its name back
+            for name in [n for n in sys.modules if is_mmaudio(n)]:
+                del sys.modules[name]
+            sys.modules.update(set_aside)
         for name in added_stubs:
             sys.modules.pop(name, None)
     return ReferenceModules(root=root, networks=networks, flow_matching=flow_matching, stubbed=tuple(stubbed))

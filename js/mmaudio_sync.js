@@ -88,7 +88,7 @@ function addWaveformWidget(node) {
   container.append(canvas);
 
   const state = { entries: [], rows: [], view: "waveform", spec: null, specFor: null, audio: null, raf: 0,
-    size: "" };
+    size: "", watched: new WeakSet() };
 
   const widget = node.addDOMWidget(WAVEFORM_WIDGET, "mmaudio_waveform", container, {
     serialize: false,
@@ -110,11 +110,14 @@ function addWaveformWidget(node) {
   }
 
   function watchAudio(audio) {
-    if (!audio || audio.__mmaudioWatched) return;
-    audio.__mmaudioWatched = true;
+    if (!audio || state.watched.has(audio) || typeof audio.addEventListener !== "function") return;
+    state.watched.add(audio);
     for (const type of ["play", "pause", "seeked", "timeupdate", "ended", "loadeddata"]) {
       audio.addEventListener(type, () => {
-        if (type === "loadeddata") state.spec = null;
+        if (type === "loadeddata") {
+          state.spec = null; // a new run's audio
+          if (state.view === "spectrogram") loadSpectrogram();
+        }
         redraw();
         if (type === "play") animate();
       });
@@ -179,11 +182,14 @@ function addWaveformWidget(node) {
       const response = await fetch(audio.src);
       const buffer = await response.arrayBuffer();
       const Offline = window.OfflineAudioContext || window.webkitOfflineAudioContext;
-      const decoded = await new Offline(1, 1, 44100).decodeAudioData(buffer);
+      // decodeAudioData resamples to the context's rate: use the generated audio's own rate
+      const rate = state.entries[0]?.sampleRate;
+      const contextRate = rate >= 8000 && rate <= 192000 ? rate : 44100;
+      const decoded = await new Offline(1, 1, contextRate).decodeAudioData(buffer);
       const channels = [];
       for (let c = 0; c < decoded.numberOfChannels; c++) channels.push(decoded.getChannelData(c));
       const columns = Math.max(64, Math.min(1024, Math.round(container.clientWidth * (window.devicePixelRatio || 1))));
-      state.spec = spectrogram(channels, { fftSize: 1024, columns });
+      state.spec = { ...spectrogram(channels, { fftSize: 2048, columns }), sampleRate: decoded.sampleRate };
       state.specFor = audio.src;
     } catch (err) {
       state.spec = null;
@@ -248,7 +254,8 @@ function addInfoWidget(node) {
   Object.assign(line.style, {
     fontSize: "11px",
     lineHeight: "14px",
-    padding: "2px 4px",
+    padding: "2px 6px",
+    boxSizing: "border-box",
     overflow: "hidden",
     whiteSpace: "normal",
     wordBreak: "break-word",
@@ -262,8 +269,9 @@ function addInfoWidget(node) {
     hideOnZoom: true,
     getValue: () => "",
     setValue: () => {},
-    getMinHeight: () => 32,
-    getMaxHeight: () => 48,
+    margin: 4,
+    getMinHeight: () => 44,
+    getMaxHeight: () => 60,
     onDraw: () => update(),
   });
   widget.serialize = false;

@@ -17,19 +17,19 @@ from typing import Any
 
 import torch
 
-from ..mmaudio import sampling
+from ..mmaudio import sampling, weights
 from ..mmaudio.decoder import AudioDecoder
 from ..mmaudio.errors import IncompatibleComponentsError, InvalidInputError, MMAudioError
 from ..mmaudio.features import frames as frame_selection
 from ..mmaudio.features.clip import load_clip
-from ..mmaudio.features.synchformer import encode_sync_frames, load_synchformer, num_segments
+from ..mmaudio.features.extractor import FeatureExtractor
+from ..mmaudio.features.synchformer import load_synchformer, num_segments
 from ..mmaudio.model import SequenceLengths, build_network_from_state_dict
 from ..mmaudio.model.config import TRAINING_DURATION_S
 from ..mmaudio.vae import load_vae
 from ..mmaudio.vocoder import load_vocoder
-from ..mmaudio.weights import identify, reading
 from . import model_folder
-from .memory import Placement, choose_placement, load_for_compute, narrow_layer_weights, to_output, wrap
+from .memory import choose_placement, load_for_compute, narrow_layer_weights, to_output, wrap
 from .progress import NodeProgress
 from .types import (
     MODE_WORDS,
@@ -42,6 +42,7 @@ from .types import (
 
 log = logging.getLogger(__name__)
 
+MAX_DURATION_S = 300.0  # the duration widget's limit; also caps how much of a video file is decoded
 CLIP_CHUNK = 16  # CLIP frames per forward
 SYNC_SEGMENTS_PER_BATCH = 8  # Synchformer segments per forward
 
@@ -49,26 +50,22 @@ SYNC_SEGMENTS_PER_BATCH = 8  # Synchformer segments per forward
 # ---- files ---------------------------------------------------------------------------------------------------
 def files_of_kind(kind: str) -> list[str]:
     """Weight files of the ``mmaudio`` folders that hold a component of ``kind`` (network, vae, vocoder, clip,
-    synchformer), identified by their tensor names and shapes, never by file name."""
-    found = []
-    for name in model_folder.weight_files():
-        path = model_folder.resolve(name, kind)
-        try:
-            if identify.component_of_kind(reading.read_shapes(path), kind) is not None:
-                found.append(name)
-        except (MMAudioError, OSError) as exc:
-            log.debug("MMAudio Sync: skipping %s while listing %s files: %s", name, kind, exc)
-    return found
+    synchformer), identified by their tensor names and shapes, never by file name. Never raises: a listing
+    error must not keep ComfyUI from registering the nodes."""
+    try:
+        return [found.name for found in weights.list_files_of_kind(model_folder.folder_paths_list(), kind)]
+    except Exception:
+        log.exception("MMAudio Sync: could not list the %s files of the mmaudio model folders", kind)
+        return []
 
 
-def _read_file(name: str, what: str) -> dict[str, torch.Tensor]:
-    path = model_folder.resolve(name, what)
-    return reading.load_tensors(path)
-
-
-def _named(file_name: str, what: str, error: MMAudioError) -> MMAudioError:
-    """The same error class with the file and the loader in front of the library's message."""
-    return type(error)(f"{what}: {file_name!r} cannot be used: {error}")
+def _load_component(name: str, kind: str, title: str) -> dict[str, torch.Tensor]:
+    """The state dict of the ``kind`` component in file ``name`` (its own key names, any nesting removed)."""
+    path = model_folder.resolve(name, title)
+    try:
+        return weights.load_component(path, kind)[0]
+    except MMAudioError as exc:  # the message already names the file and says what it is
+        raise type(exc)(f"{title}: {exc}") from exc
 
 
 def file_fingerprint(*names: str) -> tuple:
@@ -84,20 +81,26 @@ def file_fingerprint(*names: str) -> tuple:
 
 
 # ---- loaders -------------------------------------------------------------------------------------------------
-def load_network(file_name: str, precision: str) -> NetworkHandle:
-    placement = choose_placement(precision)
-    state_dict = _read_file(file_name, "network")
+def _build(title: str, file_name: str, build: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a library builder; its errors get the loader and the file in front."""
     try:
-        network = build_network_from_state_dict(state_dict, ops=placement.ops, device=placement.offload_device,
-                                                 dtype=placement.compute_dtype)
+        return build(*args, **kwargs)
     except MMAudioError as exc:
-        raise _named(file_name, "MMAudio network loader", exc) from exc
+        raise type(exc)(f"{title}: {file_name!r} cannot be used: {exc}") from exc
+
+
+def load_network(file_name: str, precision: str) -> NetworkHandle:
+    title = "MMAudio network loader"
+    placement = choose_placement(precision)
+    state_dict = _load_component(file_name, "network", title)
+    network = _build(title, file_name, build_network_from_state_dict, state_dict, ops=placement.ops,
+                     device=placement.offload_device, dtype=placement.compute_dtype)
     del state_dict
     config = network.config
     if config.mode is None:
         raise IncompatibleComponentsError(
-            f"MMAudio network loader: {file_name!r} makes {config.latent_dim}-channel latents, which neither the "
-            "16 kHz (20 channels) nor the 44.1 kHz (40 channels) decoder can turn into audio"
+            f"{title}: {file_name!r} makes {config.latent_dim}-channel latents, which neither the 16 kHz "
+            "(20 channels) nor the 44.1 kHz (40 channels) decoder can turn into audio"
         )
     if placement.weight_dtype != placement.compute_dtype:
         narrow_layer_weights(network, placement.weight_dtype)
@@ -108,44 +111,39 @@ def load_network(file_name: str, precision: str) -> NetworkHandle:
 
 
 def load_feature_models(clip_file: str, synchformer_file: str, precision: str) -> FeatureModelsHandle:
+    title = "MMAudio feature-models loader"
     sync_placement = choose_placement(precision)
     clip_placement = sync_placement
     if sync_placement.weight_dtype not in (torch.float32, torch.float16, torch.bfloat16):
         # CLIP is open_clip's own model (plain torch layers): it cannot keep 8-bit weights.
         clip_placement = choose_placement("auto")
         log.info("MMAudio Sync: CLIP does not support %s weights; using %s", precision, clip_placement.describe())
-
-    try:
-        clip = load_clip(_read_file(clip_file, "CLIP"), dtype=clip_placement.compute_dtype,
-                         device=clip_placement.offload_device)
-    except MMAudioError as exc:
-        raise _named(clip_file, "MMAudio feature-models loader (CLIP)", exc) from exc
-    try:
-        synchformer = load_synchformer(_read_file(synchformer_file, "Synchformer"),
-                                       dtype=sync_placement.compute_dtype, device=sync_placement.offload_device,
-                                       ops=sync_placement.ops)
-    except MMAudioError as exc:
-        raise _named(synchformer_file, "MMAudio feature-models loader (Synchformer)", exc) from exc
+    clip_sd = _load_component(clip_file, "clip", f"{title} (CLIP)")
+    clip = _build(f"{title} (CLIP)", clip_file, load_clip, clip_sd, dtype=clip_placement.compute_dtype,
+                  device=clip_placement.offload_device)
+    del clip_sd
+    sync_sd = _load_component(synchformer_file, "synchformer", f"{title} (Synchformer)")
+    synchformer = _build(f"{title} (Synchformer)", synchformer_file, load_synchformer, sync_sd,
+                         dtype=sync_placement.compute_dtype, device=sync_placement.offload_device,
+                         ops=sync_placement.ops)
+    del sync_sd
     if sync_placement.weight_dtype != sync_placement.compute_dtype:
         narrow_layer_weights(synchformer, sync_placement.weight_dtype)
-    return FeatureModelsHandle(clip=wrap(clip_placement, clip=clip), synchformer=wrap(sync_placement,
-                               synchformer=synchformer), clip_placement=clip_placement,
-                               sync_placement=sync_placement, clip_file=clip_file,
+    return FeatureModelsHandle(clip=wrap(clip_placement, clip=clip),
+                               synchformer=wrap(sync_placement, synchformer=synchformer),
+                               clip_placement=clip_placement, sync_placement=sync_placement, clip_file=clip_file,
                                synchformer_file=synchformer_file)
 
 
 def load_decoder(vae_file: str, vocoder_file: str, precision: str) -> DecoderHandle:
+    title = "MMAudio decoder loader"
     placement = choose_placement(precision, prefer_half=False)
     storage = placement.compute_dtype
-    try:
-        vae = load_vae(_read_file(vae_file, "VAE"), source=vae_file, ops=placement.ops, dtype=storage)
-    except MMAudioError as exc:
-        raise _named(vae_file, "MMAudio decoder loader (VAE)", exc) from exc
-    try:
-        vocoder = load_vocoder(_read_file(vocoder_file, "vocoder"), source=vocoder_file, ops=placement.ops,
-                               dtype=storage)
-    except MMAudioError as exc:
-        raise _named(vocoder_file, "MMAudio decoder loader (vocoder)", exc) from exc
+    vae = _build(f"{title} (VAE)", vae_file, load_vae, _load_component(vae_file, "vae", f"{title} (VAE)"),
+                 source=vae_file, ops=placement.ops, dtype=storage)
+    vocoder = _build(f"{title} (vocoder)", vocoder_file, load_vocoder,
+                     _load_component(vocoder_file, "vocoder", f"{title} (vocoder)"), source=vocoder_file,
+                     ops=placement.ops, dtype=storage)
     decoder = AudioDecoder(vae, vocoder)  # raises IncompatibleComponentsError for a 16k VAE with a 44k vocoder
     if placement.weight_dtype != placement.compute_dtype:
         narrow_layer_weights(decoder, placement.weight_dtype)
@@ -169,6 +167,10 @@ def pair_negative_prompts(prompts: Sequence[str], negative_text: str) -> list[st
             "or exactly one line per prompt"
         )
     return negatives
+
+
+def frame_count(frames: Any) -> int:
+    return frame_selection.frame_count(frames)
 
 
 class VisualSource:
@@ -210,8 +212,8 @@ def visual_source(images: torch.Tensor | None, fps: float | None, video: Any | N
         if source is not None:
             from ..mmaudio.media.reading import read_video_frames
 
-            limit = None if duration is None else duration + 1.0
-            decoded = read_video_frames(source, max_duration=limit)
+            # Decoded whole (uint8) before frames are picked: never more than the longest duration allowed.
+            decoded = read_video_frames(source, max_duration=(duration or MAX_DURATION_S) + 1.0)
             return VisualSource(decoded.frames, None, decoded.timestamps, "video")
         components = video.get_components()
         images, fps = components.images, components.frame_rate
@@ -232,72 +234,53 @@ def visual_source(images: torch.Tensor | None, fps: float | None, video: Any | N
     return VisualSource(images, fps, None, "video")
 
 
-def _encode_clip_frames(clip: Any, clip_u8: torch.Tensor, placement: Placement, progress: Any) -> torch.Tensor:
-    if clip_u8.shape[0] == 0:
-        raise InvalidInputError("the clip is too short: no CLIP frame (8 fps) falls inside the duration")
-    out = []
-    for start in range(0, clip_u8.shape[0], CLIP_CHUNK):
-        chunk = frame_selection.clip_input(clip_u8[start:start + CLIP_CHUNK]).to(placement.load_device)
-        with torch.inference_mode():
-            out.append(clip.encode_images(chunk).float().cpu())
-        progress(min(start + CLIP_CHUNK, clip_u8.shape[0]), clip_u8.shape[0])
-    return torch.cat(out).unsqueeze(0)
-
-
 def encode_conditions(features: FeatureModelsHandle, source: VisualSource | None, prompt: str,
                       negative_prompt: str, duration: float, mask_away_clip: bool) -> AudioConditions:
-    """CLIP image, Synchformer and CLIP text features for one clip and its prompts (CPU, float32)."""
+    """CLIP image, Synchformer and CLIP text features for one clip and its prompts (CPU, float32).
+
+    Every check on the inputs runs before a model is loaded; each model is brought to the compute device by the
+    memory manager right before its stage.
+    """
     prompts = split_prompts(prompt) or [""]
     negatives = pair_negative_prompts(prompts, negative_prompt)
     requested = float(duration) if duration and duration > 0 else None
+    extractor = FeatureExtractor(features.clip.model.clip, features.synchformer.model.synchformer,
+                                 device=features.sync_placement.load_device)
 
     clip_f = sync_f = None
     if source is None:
-        lengths = SequenceLengths.for_duration(requested or TRAINING_DURATION_S, "44k")
+        lengths = SequenceLengths.for_duration(requested or TRAINING_DURATION_S, "44k")  # clip/sync: any mode
         progress = NodeProgress(1)
-        effective = lengths.duration
         kind = "text"
     else:
-        num = frame_selection.frame_count(source.frames)
-        plan = frame_selection.plan_frames(num, source.fps, times=source.times, duration=requested)
+        plan = frame_selection.plan_frames(frame_selection.frame_count(source.frames), source.fps,
+                                           times=source.times, duration=requested)
         lengths = SequenceLengths.for_duration(plan.duration, "44k")
-        if len(plan.clip_indices) != lengths.clip_seq_len or (
-                not plan.is_still and num_segments(len(plan.sync_indices)) * 8 != lengths.sync_seq_len):
-            raise InvalidInputError(f"internal frame plan mismatch for {plan.duration:.3f} s")
-        effective = plan.duration
         kind = "image" if plan.is_still else source.kind
-        clip_units = 0 if mask_away_clip else len(plan.clip_indices)
-        progress = NodeProgress(len(plan.source_indices) + clip_units + len(plan.sync_indices) + 1)
-        prepared = frame_selection.prepare_frames(source.frames, plan, progress=progress.stage(
-            len(plan.source_indices)))
+        clip_units = 0 if mask_away_clip else len(set(plan.clip_indices))
+        sync_units = 0 if plan.is_still else num_segments(len(plan.sync_indices))
+        progress = NodeProgress(len(plan.source_indices) + clip_units + sync_units + 1)
+        prepared = frame_selection.prepare_frames(source.frames, plan,
+                                                  progress=progress.stage(len(plan.source_indices)))
         if not mask_away_clip:
             load_for_compute([features.clip], force_full=True)
-            clip = features.clip.model.clip
-            clip_f = _encode_clip_frames(clip, prepared.clip_u8, features.clip_placement,
-                                         progress.stage(clip_units))
+            clip_f = extractor.encode_clip_frames(prepared, batch=CLIP_CHUNK, progress=progress.stage(clip_units))
         if not plan.is_still:
-            placement = features.sync_placement
             load_for_compute([features.synchformer])
-            with torch.inference_mode():
-                sync_f = encode_sync_frames(
-                    features.synchformer.model.synchformer, prepared.sync_u8.unsqueeze(0),
-                    to_input=frame_selection.sync_input, batch=SYNC_SEGMENTS_PER_BATCH,
-                    device=placement.load_device, dtype=placement.compute_dtype,
-                    progress=progress.stage(len(plan.sync_indices)),
-                ).float().cpu()
+            sync_f = extractor.encode_sync_frames(prepared, batch=SYNC_SEGMENTS_PER_BATCH,
+                                                  progress=progress.stage(sync_units))
         del prepared
 
     load_for_compute([features.clip], force_full=True)
-    clip_model = features.clip.model.clip
-    with torch.inference_mode():
-        text_f = clip_model.encode_text(prompts).float().cpu()
-        negative_f = clip_model.encode_text(negatives).float().cpu() if negatives else None
+    text_f = extractor.encode_text(prompts)
+    negative_f = extractor.encode_text(negatives) if negatives else None
     progress.finish()
     return AudioConditions(
-        duration=effective, clip_seq_len=lengths.clip_seq_len, sync_seq_len=lengths.sync_seq_len,
-        clip_features=None if clip_f is None else to_output(clip_f),
-        sync_features=None if sync_f is None else to_output(sync_f),
-        text_features=to_output(text_f), negative_text_features=None if negative_f is None else to_output(negative_f),
+        duration=lengths.duration, clip_seq_len=lengths.clip_seq_len, sync_seq_len=lengths.sync_seq_len,
+        clip_features=None if clip_f is None else to_output(clip_f.float()),
+        sync_features=None if sync_f is None else to_output(sync_f.float()),
+        text_features=to_output(text_f.float()),
+        negative_text_features=None if negative_f is None else to_output(negative_f.float()),
         prompts=tuple(prompts), negative_prompts=tuple(negatives), source=kind,
     )
 
@@ -376,7 +359,8 @@ def decode_audio(decoder: DecoderHandle, latents: AudioLatents) -> dict[str, Any
     progress = NodeProgress(batch)
     model = decoder.decoder
     samples = model.num_samples(latents.duration)
-    memory = int(samples * 2048 * 4)  # the vocoder's widest activations, one sample at a time
+    # The vocoder's activations, one row at a time: a few hundred float32 channels at the audio rate at its widest.
+    memory = int(samples * 384 * 4)
     load_for_compute([decoder.patcher], memory_required=memory)
     waves = []
     with torch.inference_mode():

@@ -1,17 +1,35 @@
-"""The three compute nodes: encode conditions (video/image/text), sample latents, decode to AUDIO."""
+"""The three compute nodes: encode conditions (video/image/text), sample latents, decode to AUDIO.
+
+Encode and decode also send a small ``ui`` payload (``nodes/ui_payloads.py``) that the pack's frontend draws:
+the timing the conditions were made for, and the waveform of every generated sample. A payload that cannot be
+built is left out; it never fails the node.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from comfy_api.latest import io
 
-from . import adapters
+from . import adapters, ui_payloads
 from .types import ConditionsType, DecoderType, FeatureModelsType, LatentType, NetworkType
+
+log = logging.getLogger(__name__)
 
 CATEGORY = "audio/MMAudio"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+def _payload(build: Callable[[], dict[str, list]]) -> dict[str, list] | None:
+    """The ui payload, or None (logged) if it cannot be built: drawing help must never fail a node."""
+    try:
+        return build()
+    except Exception:  # a display payload must never fail the node
+        log.warning("MMAudio Sync: could not build the node's display payload", exc_info=True)
+        return None
 
 
 class MMAudioSyncEncodeConditions(io.ComfyNode):
@@ -46,7 +64,7 @@ class MMAudioSyncEncodeConditions(io.ComfyNode):
                                 tooltip="What should not be heard, e.g. 'music'. One line for every prompt, or "
                                         "exactly one line per prompt line. Empty: the model's unconditional "
                                         "prompt."),
-                io.Float.Input("duration", default=0.0, min=0.0, max=300.0, step=0.01,
+                io.Float.Input("duration", default=0.0, min=0.0, max=adapters.MAX_DURATION_S, step=0.01,
                                tooltip="Seconds of audio. 0 uses the clip length (8 s, the training length, "
                                        "without a clip). Longer than the clip: cut to the clip. The models were "
                                        "trained on 8 s; far longer or shorter may sound worse."),
@@ -70,7 +88,16 @@ class MMAudioSyncEncodeConditions(io.ComfyNode):
         source = adapters.visual_source(images, fps, video, requested)
         conditions = adapters.encode_conditions(feature_models, source, prompt, negative_prompt, duration,
                                                 mask_away_clip)
-        return io.NodeOutput(conditions, float(conditions.duration))
+
+        def timing() -> dict[str, list]:
+            clip = {} if source is None else ui_payloads.clip_description(
+                adapters.frame_count(source.frames), source.fps, source.times)
+            if source is not None and source.kind == "image":
+                clip["fps"] = None  # a still image has no frame rate
+            return ui_payloads.conditions_timing_payload(conditions, requested_duration=requested,
+                                                         mask_away_clip=mask_away_clip, **clip)
+
+        return io.NodeOutput(conditions, float(conditions.duration), ui=_payload(timing))
 
 
 class MMAudioSyncSampler(io.ComfyNode):
@@ -133,4 +160,7 @@ class MMAudioSyncDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, decoder: Any, latents: Any) -> io.NodeOutput:
-        return io.NodeOutput(adapters.decode_audio(decoder, latents))
+        audio = adapters.decode_audio(decoder, latents)
+        rows = zip(latents.prompts, latents.seeds, strict=True)
+        labels = [f"{prompt or '(no prompt)'} · seed {seed}" for prompt, seed in rows]
+        return io.NodeOutput(audio, ui=_payload(lambda: ui_payloads.audio_waveform_payload(audio, labels=labels)))

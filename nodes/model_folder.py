@@ -2,23 +2,17 @@
 
 Paths a user configured for ``mmaudio`` in ``extra_model_paths.yaml`` are parsed before packs load; they are kept
 and the default folder is appended after them. Another pack (kijai's) may use the same folder name: its entry is
-extended, never replaced, and its extension filter is left alone; our listing filters extensions itself.
+extended, never replaced, and its extension filter is left alone. The loaders list files with the library's own
+scan of these folders (by file contents), not with ComfyUI's extension filter.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 
 import folder_paths
 
-log = logging.getLogger(__name__)
-
 FOLDER_NAME = "mmaudio"
-
-
-def weight_extensions() -> set[str]:
-    return set(folder_paths.supported_pt_extensions)
 
 
 def register_model_folder() -> None:
@@ -26,7 +20,7 @@ def register_model_folder() -> None:
     default = os.path.join(folder_paths.models_dir, FOLDER_NAME)
     entry = folder_paths.folder_names_and_paths.get(FOLDER_NAME)
     if entry is None:
-        folder_paths.folder_names_and_paths[FOLDER_NAME] = ([default], weight_extensions())
+        folder_paths.folder_names_and_paths[FOLDER_NAME] = ([default], set(folder_paths.supported_pt_extensions))
     elif default not in entry[0]:
         entry[0].append(default)
 
@@ -34,18 +28,6 @@ def register_model_folder() -> None:
 def folder_paths_list() -> list[str]:
     register_model_folder()
     return folder_paths.get_folder_paths(FOLDER_NAME)
-
-
-def weight_files() -> list[str]:
-    """Names (relative to their model folder) of every weight file in the ``mmaudio`` folders, sorted."""
-    register_model_folder()
-    extensions = weight_extensions()
-    try:
-        names = folder_paths.get_filename_list(FOLDER_NAME)
-    except Exception:  # listing must never break ComfyUI's node registration
-        log.exception("MMAudio Sync: could not list the %s model folders", FOLDER_NAME)
-        return []
-    return sorted(n for n in names if os.path.splitext(n)[1].lower() in extensions)
 
 
 def resolve(name: str, what: str) -> str:

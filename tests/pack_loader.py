@@ -63,7 +63,7 @@ def tiny_models_dir(base: Path) -> Path:
     folder = base / "mmaudio_tiny_models"
     done = folder / ".complete"
     if not done.exists():
-        tiny_weights.write_models(folder, allow_full_clip=False)
+        tiny_weights.write_models(folder)
         done.write_text("ok")
     return folder
 

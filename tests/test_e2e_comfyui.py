@@ -185,7 +185,7 @@ def comfy(tmp_path_factory) -> Iterator[Comfy]:
         pytest.fail(f"COMFYUI_PATH={COMFYUI_PATH} is not a ComfyUI checkout (no main.py)")
     python = os.environ.get("COMFYUI_PYTHON") or sys.executable
     base = tmp_path_factory.mktemp("comfyui_e2e")
-    models = tiny_weights.write_models(base / "models" / "mmaudio", allow_full_clip=True)
+    models = tiny_weights.write_models(base / "models" / "mmaudio")
     custom = base / "custom_nodes"
     custom.mkdir()
     (custom / PACK_DIR_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
@@ -241,8 +241,6 @@ def _loaders(models: tiny_weights.TinyModels) -> dict[str, Any]:
 
 
 def _video_to_audio_prompt(models: tiny_weights.TinyModels) -> dict[str, Any]:
-    # Full-size random CLIP (when the library cannot load a tiny one) is far too slow on a CPU for images.
-    mask_clip = not models.tiny_clip
     return _loaders(models) | {
         "load": {"class_type": "LoadVideo", "inputs": {"file": "clip.mp4"}},
         "parts": {"class_type": "GetVideoComponents", "inputs": {"video": ["load", 0]}},
@@ -250,7 +248,7 @@ def _video_to_audio_prompt(models: tiny_weights.TinyModels) -> dict[str, Any]:
         "enc_images": {"class_type": "MMAudioSyncEncodeConditions",
                        "inputs": {"feature_models": ["feat", 0], "images": ["parts", 0], "fps": ["parts", 2],
                                   "prompt": "footsteps on gravel", "negative_prompt": "music", "duration": 0.0,
-                                  "mask_away_clip": mask_clip}},
+                                  "mask_away_clip": False}},
         "sample_images": {"class_type": "MMAudioSyncSampler",
                           "inputs": {"network": ["net", 0], "conditions": ["enc_images", 0], "seed": 5,
                                      "steps": 4, "cfg": 4.5, "samples": 1}},
@@ -352,6 +350,15 @@ def test_video_to_audio_through_the_http_api(comfy):
     assert all(p["type"] == "temp" for p in previews)
     assert {_audio_info(_view(comfy, p), ".flac")[0] for p in previews} == {16000}
 
+    # The pack's frontend payloads travel with the node outputs (and are kept in the history).
+    (timing,) = outputs["enc_images"]["mmaudio_timing"]
+    assert (timing["source"], timing["num_frames"], timing["fps"]) == ("video", CLIP_FRAMES, CLIP_FPS)
+    assert timing["clip_frames"] > 0 and timing["segments"] == 1
+    assert outputs["enc_video"]["mmaudio_timing"][0]["timestamps"] is True
+    waveforms = outputs["audio_video"]["mmaudio_waveform"]
+    assert [w["label"] for w in waveforms] == ["footsteps · seed 9", "footsteps · seed 10", "rain · seed 9",
+                                               "rain · seed 10"]
+
     video = outputs["save_video"]["images"][0]
     assert outputs["save_video"].get("animated") in ([True], (True,), True)
     rate, _channels, seconds = _audio_info(_view(comfy, video), ".mp4")  # core's AAC stream layout is its own
@@ -385,9 +392,9 @@ def test_interrupt_mid_sampling_leaves_comfyui_ready(comfy):
             elif message and message["type"] == "execution_success":
                 pytest.fail("the prompt finished although it was interrupted")
         assert interrupted is not None and interrupted["node_type"] == "MMAudioSyncSampler"
+        entry = comfy.wait(prompt_id)
     finally:
         socket_client.close()
-    entry = comfy.wait(prompt_id)
     assert entry["status"]["status_str"] == "error"
     assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"])
     assert comfy.get("/queue")["queue_running"] == []

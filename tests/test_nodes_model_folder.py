@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
+from .comfy_stub import tiny_weights
 from .pack_loader import PACK_NAME, stubbed_pack
 
 
@@ -16,15 +18,24 @@ def env(tmp_path):
         yield pack, sys.modules["folder_paths"], sys.modules[f"{PACK_NAME}.nodes.model_folder"]
 
 
-def test_fresh_registration_lists_weight_files_only(env, tmp_path):
+def _adapters():
+    return sys.modules[f"{PACK_NAME}.nodes.adapters"]
+
+
+def test_fresh_registration_and_listing_by_contents(env, tmp_path):
     _, folder_paths, model_folder = env
     model_folder.register_model_folder()
     default = os.path.join(folder_paths.models_dir, "mmaudio")
     assert folder_paths.get_folder_paths("mmaudio") == [default]
     os.makedirs(os.path.join(default, "sub"))
-    for name in ("a.safetensors", "b.pth", "sub/c.pt", "config.json", "readme.txt"):
+    tiny_weights.write_vae(Path(default) / "sub" / "renamed_network.safetensors")  # a VAE, whatever its name
+    tiny_weights.write_vocoder(Path(default) / "voc.safetensors")
+    for name in ("config.json", "readme.txt"):
         open(os.path.join(default, name), "wb").close()
-    assert model_folder.weight_files() == ["a.safetensors", "b.pth", os.path.join("sub", "c.pt")]
+    assert _adapters().files_of_kind("vae") == ["sub/renamed_network.safetensors"]
+    assert _adapters().files_of_kind("vocoder") == ["voc.safetensors"]
+    assert _adapters().files_of_kind("network") == []
+    assert model_folder.resolve("sub/renamed_network.safetensors", "VAE").endswith("renamed_network.safetensors")
 
 
 def test_yaml_paths_are_kept_and_the_default_appended(env, tmp_path):
@@ -41,15 +52,14 @@ def test_another_packs_entry_is_extended_not_replaced(env, tmp_path):
     _, folder_paths, model_folder = env
     other = str(tmp_path / "kijai")
     folder_paths.folder_names_and_paths["mmaudio"] = ([other], set())  # e.g. registered first by kijai's pack
-    os.makedirs(other)
-    for name in ("net.safetensors", "nvidia/config.json"):
-        os.makedirs(os.path.dirname(os.path.join(other, name)), exist_ok=True)
-        open(os.path.join(other, name), "wb").close()
+    os.makedirs(os.path.join(other, "nvidia"))
+    open(os.path.join(other, "nvidia", "config.json"), "wb").close()
+    tiny_weights.write_vocoder(Path(other) / "their_vocoder.safetensors")
     model_folder.register_model_folder()
     paths, extensions = folder_paths.folder_names_and_paths["mmaudio"]
     assert paths[0] == other and len(paths) == 2
     assert extensions == set(), "the other pack's extension filter is left alone"
-    assert model_folder.weight_files() == ["net.safetensors"]
+    assert _adapters().files_of_kind("vocoder") == ["their_vocoder.safetensors"]
 
 
 def test_entry_point_registers_the_folder(env):
@@ -63,7 +73,7 @@ def test_entry_point_registers_the_folder(env):
 
 def test_unreadable_weight_files_are_skipped_when_listing(env):
     _, folder_paths, model_folder = env
-    adapters = sys.modules[f"{PACK_NAME}.nodes.adapters"]
+    adapters = _adapters()
     model_folder.register_model_folder()
     default = folder_paths.get_folder_paths("mmaudio")[0]
     os.makedirs(default, exist_ok=True)

@@ -2,8 +2,7 @@
 
 Loaders -> encode conditions -> sampler -> decode, as ComfyUI would call them: models handed to the memory
 manager and loaded right before compute, progress per step, interrupts, pairing checks, CPU outputs and the
-AUDIO format core nodes expect. CLIP is shrunk in-process (Synchformer runs full size, so only a few tests use
-video frames).
+AUDIO format core nodes expect. Synchformer runs full size, so only a few tests use video frames.
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ def pack(tmp_path_factory):
     (models / "notes.json").write_text("{}")  # not a weight file: never listed
     (models / "broken.safetensors").write_bytes(b"not a safetensors file at all")
     root = models_root_with(tmp_path_factory.mktemp("pipeline"), models)
-    with stubbed_pack(root) as loaded, pytest.MonkeyPatch.context() as patch:
-        tiny_weights.use_tiny_clip_config(patch, loaded)
+    with stubbed_pack(root) as loaded:
         yield loaded
 
 
@@ -44,7 +42,7 @@ def files():
     return tiny_weights.TinyModels(
         network="tiny_network_16k.safetensors", clip="tiny_clip.safetensors",
         synchformer="random_synchformer_fp16.safetensors", vae="tiny_vae_16k.safetensors",
-        vocoder="tiny_vocoder_16k.safetensors", clip_dim=32, text_dim=32, tiny_clip=True)
+        vocoder="tiny_vocoder_16k.safetensors", clip_dim=32, text_dim=32)
 
 
 @pytest.fixture(scope="module")
@@ -125,15 +123,21 @@ def test_fingerprint_follows_the_file(nodes, files):
 def test_text_to_audio_gives_core_audio(nodes, loaded):
     network, features, decoder = loaded
     mm = mod("comfy.model_management")
-    conditions, duration = encode(nodes, features, prompt="rain on a tin roof", duration=1.0)
+    encoded = encode(nodes, features, prompt="rain on a tin roof", duration=1.0)
+    conditions, duration = encoded
     assert duration == pytest.approx(1.0) and conditions.source == "text"
+    (timing,) = encoded.ui["mmaudio_timing"]  # drawn by js/mmaudio_sync.js
+    assert timing["source"] == "text" and timing["duration"] == pytest.approx(1.0) and timing["clip_frames"] == 0
     assert conditions.clip_features is None and conditions.sync_features is None
     mm.load_calls.clear()
     latents = sample(nodes, network, conditions)
     assert [c["models"] for c in mm.load_calls] == [[network.patcher]], "network must be loaded right before"
     assert latents.latents.device.type == "cpu" and latents.latents.dtype == torch.float32
-    audio = nodes["MMAudioSyncDecode"].execute(decoder=decoder, latents=latents)[0]
+    decoded = nodes["MMAudioSyncDecode"].execute(decoder=decoder, latents=latents)
+    audio = decoded[0]
     assert set(audio) == {"waveform", "sample_rate"}
+    (drawn,) = decoded.ui["mmaudio_waveform"]
+    assert drawn["sample_rate"] == SR and drawn["label"] == "rain on a tin roof · seed 7"
     waveform = audio["waveform"]
     assert audio["sample_rate"] == SR
     assert waveform.dtype == torch.float32 and waveform.device.type == "cpu"
@@ -278,9 +282,12 @@ def test_frames_with_fps_give_synced_conditions(nodes, loaded):
     utils = mod("comfy.utils")
     utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: progress.append(value))
     try:
-        conditions, duration = encode(nodes, features, images=frames, fps=25.0, duration=0.0, prompt="steps")
+        encoded = encode(nodes, features, images=frames, fps=25.0, duration=0.0, prompt="steps")
     finally:
         utils.set_progress_bar_global_hook(None)
+    conditions, duration = encoded
+    (timing,) = encoded.ui["mmaudio_timing"]
+    assert (timing["source"], timing["num_frames"], timing["fps"], timing["segments"]) == ("video", 20, 25.0, 1)
     assert conditions.source == "video" and 0.64 <= duration <= 0.8  # the clip's length at 8 and 25 fps
     assert conditions.clip_features.shape == (1, int(8 * duration), 32)
     assert conditions.sync_features.shape == (1, 8, 768)

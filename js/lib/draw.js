@@ -139,33 +139,67 @@ export function drawWaveforms(ctx, entries, { x = 0, y = 0, width, height, theme
   }
 }
 
-/** Map dB in [floorDb, 0] to an RGB triple (dark blue -> magenta -> yellow). */
-export function heatColor(db, floorDb = -100) {
-  const v = Math.max(0, Math.min(1, 1 - db / floorDb));
-  const r = Math.round(255 * Math.min(1, v * 1.6));
-  const g = Math.round(255 * Math.max(0, v * 1.6 - 0.6));
-  const b = Math.round(255 * (v < 0.5 ? 0.25 + v : Math.max(0, 1.5 - 2 * v) * 0.75));
-  return [r, g, Math.max(0, Math.min(255, b))];
+const MAGMA = [
+  [0, [0, 0, 4]],
+  [0.25, [80, 18, 123]],
+  [0.5, [183, 55, 121]],
+  [0.75, [252, 137, 97]],
+  [1, [252, 253, 191]],
+];
+
+/** A magma-like colour for v in [0, 1] (black -> purple -> orange -> pale yellow). */
+export function heatColor(v) {
+  const x = Number.isFinite(v) ? Math.max(0, Math.min(1, v)) : 0;
+  for (let i = 1; i < MAGMA.length; i++) {
+    const [x1, c1] = MAGMA[i];
+    if (x <= x1) {
+      const [x0, c0] = MAGMA[i - 1];
+      const t = (x - x0) / (x1 - x0);
+      return c0.map((a, k) => Math.round(a + (c1[k] - a) * t));
+    }
+  }
+  return MAGMA[MAGMA.length - 1][1].slice();
+}
+
+const hzToMel = (hz) => 2595 * Math.log10(1 + hz / 700);
+const melToHz = (mel) => 700 * (10 ** (mel / 2595) - 1);
+
+/** Spectrogram bin shown at each pixel row (row 0 = top = Nyquist), on a mel axis so low sounds get room. */
+export function melRows(height, bins, sampleRate = 44100) {
+  const nyquist = sampleRate / 2;
+  const top = hzToMel(nyquist);
+  const rows = new Int32Array(height);
+  for (let py = 0; py < height; py++) {
+    const fraction = height > 1 ? (height - 1 - py) / (height - 1) : 0;
+    const hz = melToHz(fraction * top);
+    rows[py] = Math.min(bins - 1, Math.max(0, Math.round((hz / nyquist) * (bins - 1))));
+  }
+  return rows;
 }
 
 /**
- * Draw a spectrogram (waveform.spectrogram) into a rectangle: columns across, frequency up, linear axis.
- * Needs ctx.createImageData / putImageData; returns false when they are missing.
+ * Draw a spectrogram (waveform.spectrogram, optionally with .sampleRate) into a rectangle: time across, mel
+ * frequency up, `rangeDb` of dynamic range below its loudest bin. Needs ctx.createImageData / putImageData
+ * (device pixels, no transform); returns false when they are missing or there is nothing to draw.
  */
-export function drawSpectrogram(ctx, spec, { x = 0, y = 0, width, height, floorDb = -100 } = {}) {
+export function drawSpectrogram(ctx, spec, { x = 0, y = 0, width, height, rangeDb = 80 } = {}) {
   const w = Math.floor(width);
   const h = Math.floor(height);
-  if (!spec || !(spec.columns > 0) || w < 1 || h < 1 || typeof ctx.createImageData !== "function") return false;
+  if (!spec || !(spec.columns > 0) || !(spec.bins > 0) || w < 1 || h < 1) return false;
+  if (typeof ctx?.createImageData !== "function" || typeof ctx.putImageData !== "function") return false;
+  let top = -Infinity;
+  for (const v of spec.data) if (v > top) top = v;
+  const floor = top - rangeDb;
+  const rows = melRows(h, spec.bins, spec.sampleRate > 0 ? spec.sampleRate : 44100);
   const image = ctx.createImageData(w, h);
   for (let px = 0; px < w; px++) {
     const c = Math.min(spec.columns - 1, Math.floor((px * spec.columns) / w));
     for (let py = 0; py < h; py++) {
-      const b = Math.min(spec.bins - 1, Math.floor(((h - 1 - py) * spec.bins) / h));
-      const [r, g, bl] = heatColor(spec.data[c * spec.bins + b], floorDb);
+      const [r, g, b] = heatColor((spec.data[c * spec.bins + rows[py]] - floor) / rangeDb);
       const o = (py * w + px) * 4;
       image.data[o] = r;
       image.data[o + 1] = g;
-      image.data[o + 2] = bl;
+      image.data[o + 2] = b;
       image.data[o + 3] = 255;
     }
   }

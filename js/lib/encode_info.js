@@ -12,9 +12,8 @@ const SAME_DURATION_EPS = 1e-9;
 
 function countsText(t, maskAwayClip) {
   const parts = [];
-  if (t.clipFrames > 0 || t.source !== "text") {
-    parts.push(`CLIP ${CLIP_FPS} fps × ${t.clipFrames}${maskAwayClip ? " (masked)" : ""}`);
-  }
+  if (t.source === "text") return parts; // no frames are read: nothing to count
+  parts.push(`CLIP ${CLIP_FPS} fps × ${t.clipFrames}${maskAwayClip ? " (masked)" : ""}`);
   if (t.source === "video") {
     parts.push(`Synchformer ${SYNC_FPS} fps × ${t.syncFrames} (${plural(t.segments, "segment")})`);
   }
@@ -51,6 +50,7 @@ function finish(prefix, t, { maskAwayClip, note, estimate }) {
   const notes = [];
   if (t.cut) {
     level = LEVELS.warn;
+    parts.push(`cut from ${formatSeconds(t.requested)}`);
     notes.push(`${formatSeconds(t.requested)} requested is longer than the clip: cut to ${formatSeconds(t.duration)}`);
   }
   if (note) notes.push(note);

@@ -17,9 +17,8 @@ export function trimNumber(x, decimals = 3) {
 export function formatSeconds(s, decimals = 2) {
   if (!isNumber(s)) return DASH;
   const sign = s < 0 ? "-" : "";
-  const a = Math.abs(s);
-  if (a < 60) return `${sign}${a.toFixed(decimals)} s`;
-  const total = Number(a.toFixed(decimals));
+  const total = Number(Math.abs(s).toFixed(decimals));
+  if (total < 60) return `${sign}${total.toFixed(decimals)} s`;
   const h = Math.floor(total / 3600);
   const m = Math.floor((total - h * 3600) / 60);
   const rest = (total - h * 3600 - m * 60).toFixed(decimals).padStart(decimals > 0 ? decimals + 3 : 2, "0");

@@ -13,6 +13,10 @@ export const SYNC_TOKENS_PER_SEGMENT = 8;
 export const MIN_DURATION_S = SYNC_SEGMENT / SYNC_FPS; // 0.64 s: one Synchformer segment
 export const TRAINING_DURATION_S = 8; // text-to-audio default (mmaudio/model/config.py)
 export const SNAP_MAX_DENOMINATOR = 1001n; // NTSC rates such as 30000/1001
+// Bounds that keep the browser responsive on absurd inputs (the selection loop visits every frame up to the
+// duration): beyond them the timing is estimated from the clip length instead of replayed frame by frame.
+export const MAX_EXACT_SECONDS = 24 * 3600;
+export const MAX_EXACT_FRAMES = 2_000_000;
 
 // ---------------------------------------------------------------------------------------- exact frame rates
 
@@ -216,6 +220,9 @@ export function computeTiming({ numFrames = null, fps = null, duration = null, c
   const frameTime = rate.frameTime;
   const length = frameTime(n - 1) + 1 / rate.value;
   const target = requested ?? length;
+  if (!(target <= MAX_EXACT_SECONDS) || Math.min(n, rate.value * target) > MAX_EXACT_FRAMES) {
+    return estimateFromLength(length, requested);
+  }
   const clipSlots = sampleAndHoldCount(n, frameTime, CLIP_FPS, target);
   const syncSlots = sampleAndHoldCount(n, frameTime, SYNC_FPS, target);
   let effective = target;

@@ -1,9 +1,7 @@
 """Small random-weight model files for the node tests and the end-to-end ComfyUI test.
 
-The network, VAE and vocoder are shrunk (they are recognised by their tensor shapes, whatever their width).
-Synchformer has one fixed architecture, so it is written full size (random, fp16, ~245 MB). CLIP is written
-tiny when the library can load a non-DFN5B open_clip layout, else full size (fp16, ~2 GB, slow); node tests
-can also shrink it in-process with :func:`use_tiny_clip_config`.
+The network, VAE, vocoder and CLIP are shrunk (the library reads their architecture off the tensor shapes).
+Synchformer has one fixed architecture, so it is written full size (random, fp16, ~245 MB).
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ class TinyModels:
     vocoder: str
     clip_dim: int
     text_dim: int
-    tiny_clip: bool
+    tiny_clip: bool = True  # always, now that the library reads CLIP's architecture off the checkpoint
 
 
 def _random_like(shapes: dict[str, torch.Tensor], generator: torch.Generator, dtype: torch.dtype,
@@ -110,44 +108,16 @@ def write_clip(path: Path, config: dict[str, Any], seed: int = 5) -> None:
     save_file(state, str(path))
 
 
-def library_loads_tiny_clip(path: Path) -> bool:
-    """Whether the library's CLIP loader accepts a non-DFN5B layout without being told its config."""
-    from mmaudio.errors import MMAudioError
-    from mmaudio.features.clip import load_clip
-    from mmaudio.weights.reading import load_tensors
-
-    try:
-        load_clip(load_tensors(path))
-    except (MMAudioError, ValueError, RuntimeError):
-        return False
-    return True
-
-
-def write_models(folder: Path, *, allow_full_clip: bool = True) -> TinyModels:
-    """Every model file the graph needs, in ``folder``. CLIP is tiny if the library loads it as such;
-    otherwise full size when ``allow_full_clip``, else tiny (for tests that shrink CLIP in-process)."""
+def write_models(folder: Path, *, allow_full_clip: bool = False) -> TinyModels:
+    """Every model file the graph needs, in ``folder``. (``allow_full_clip`` is accepted for older callers; CLIP
+    is always written small.)"""
     folder.mkdir(parents=True, exist_ok=True)
-    from mmaudio.features.clip import clip_config
-
-    clip_file = folder / "tiny_clip.safetensors"
-    write_clip(clip_file, TINY_CLIP_CONFIG)
-    tiny = not allow_full_clip or library_loads_tiny_clip(clip_file)
-    if not tiny:
-        clip_file.unlink()
-        clip_file = folder / "random_dfn5b_clip_fp16.safetensors"
-        write_clip(clip_file, clip_config())
-    cfg = TINY_CLIP_CONFIG if tiny else clip_config()
-    clip_dim, text_dim = cfg["embed_dim"], cfg["text_cfg"]["width"]
+    write_clip(folder / "tiny_clip.safetensors", TINY_CLIP_CONFIG)
+    clip_dim, text_dim = TINY_CLIP_CONFIG["embed_dim"], TINY_CLIP_CONFIG["text_cfg"]["width"]
     write_network(folder / "tiny_network_16k.safetensors", clip_dim=clip_dim, text_dim=text_dim)
     write_vae(folder / "tiny_vae_16k.safetensors")
     write_vocoder(folder / "tiny_vocoder_16k.safetensors")
     write_synchformer(folder / "random_synchformer_fp16.safetensors")
-    return TinyModels(network="tiny_network_16k.safetensors", clip=clip_file.name,
+    return TinyModels(network="tiny_network_16k.safetensors", clip="tiny_clip.safetensors",
                       synchformer="random_synchformer_fp16.safetensors", vae="tiny_vae_16k.safetensors",
-                      vocoder="tiny_vocoder_16k.safetensors", clip_dim=clip_dim, text_dim=text_dim, tiny_clip=tiny)
-
-
-def use_tiny_clip_config(monkeypatch: Any, pack: Any) -> None:
-    """Make the pack's copy of the library build the tiny CLIP (node tests only)."""
-    clip_module = __import__(f"{pack.__name__}.mmaudio.features.clip", fromlist=["clip_config"])
-    monkeypatch.setattr(clip_module, "clip_config", lambda: dict(TINY_CLIP_CONFIG))
+                      vocoder="tiny_vocoder_16k.safetensors", clip_dim=clip_dim, text_dim=text_dim)
