@@ -136,7 +136,9 @@ class AudioDecoder(nn.Module):
                 f"latent must be (batch, frames, {self.latent_dim}) for the {MODE_WORDS[self.mode]} decoder, "
                 f"got {tuple(latent.shape)}{hint}"
             )
-        z = latent.to(device=self._device(), dtype=self.compute_dtype).transpose(1, 2)
+        # Computed where the latent is: under a memory manager's partial load some weights may still sit on the
+        # offload device, and the casting layers bring them to the activations.
+        z = latent.to(dtype=self.compute_dtype).transpose(1, 2)
         return self.vae.decode(z)
 
     def vocode(self, mel: torch.Tensor) -> torch.Tensor:
@@ -166,6 +168,6 @@ class AudioDecoder(nn.Module):
     def encode(self, waveform: torch.Tensor) -> LatentDistribution:
         """Waveform (B, samples) or (B, 1, samples) at :attr:`sample_rate` -> latent posterior in the network's
         (B, T, latent_dim) layout (unnormalized, like the network's output). Needs the VAE's encoder weights."""
-        device = self._device()
-        mel = self.mel.to(device)(waveform.to(device))
+        device = waveform.device
+        mel = self.mel.to(device)(waveform)
         return self.vae.encode(mel.to(self.compute_dtype)).transpose(1, 2)

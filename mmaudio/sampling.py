@@ -152,7 +152,10 @@ def sample(net: MMAudioNetwork, x0: torch.Tensor, conditions: Conditions, empty_
     """Normalised latents x1 from noise x0 (call ``net.unnormalize`` before decoding)."""
     _check_steps(num_steps)
     velocity = guided_velocity(net, conditions, empty_conditions, cfg_strength, batched=batched_cfg)
-    return euler_sample(velocity, x0, num_steps, callback=callback)
+    try:
+        return euler_sample(velocity, x0, num_steps, callback=callback)
+    finally:  # also after an error or an interrupt raised by the callback
+        net.release_device_caches()
 
 
 def generate_latents(net: MMAudioNetwork, *, seed: int, clip_f: torch.Tensor | None = None,

@@ -83,6 +83,10 @@ class RotaryTables:
             self._on_device[key] = tables
         return tables
 
+    def release_device_copies(self) -> None:
+        """Forget the copies on compute devices (the float32 CPU tables stay)."""
+        self._on_device.clear()
+
     def matrix_table(self, stream: str) -> torch.Tensor:
         return rotary_matrix_table(*self._cpu[stream])
 
@@ -110,6 +114,16 @@ class TimestepEmbedder(nn.Module):
                 freqs = self._freqs_cpu.to(device)
             self._freqs_on_device[device] = freqs
         return freqs
+
+    def release_device_copies(self) -> None:
+        """Forget the copies on compute devices (the float32 CPU frequencies stay)."""
+        self._freqs_on_device.clear()
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> TimestepEmbedder:
+        # Moving the module (.to/.cpu/.cuda, or a memory manager offloading it) drops the per-device copies, so
+        # nothing of this module stays on a device it has left.
+        self.release_device_copies()
+        return super()._apply(fn, *args, **kwargs)
 
     def rebuild(self) -> None:
         """Recompute the float32 frequencies (after construction on the meta device or a dtype cast)."""

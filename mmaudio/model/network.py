@@ -167,6 +167,16 @@ class MMAudioNetwork(nn.Module):
         self._rotary = RotaryTables(self._config.head_dim)
         self._rotary.set_lengths(self._latent_seq_len, self._clip_seq_len)
 
+    def release_device_caches(self) -> None:
+        """Drop the rotary/timestep tables cached on compute devices (called after every generation and on
+        every move of the module), so no tensor of ours stays on a GPU once the weights have been offloaded."""
+        self._rotary.release_device_copies()
+        self.t_embed.release_device_copies()
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> MMAudioNetwork:
+        self._rotary.release_device_copies()
+        return super()._apply(fn, *args, **kwargs)
+
     @property
     def latent_rot(self) -> torch.Tensor:
         """Latent rotary table in the reference layout [1, L, head_dim/2, 2, 2] (float32, CPU)."""
