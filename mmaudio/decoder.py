@@ -123,9 +123,6 @@ class AudioDecoder(nn.Module):
             raise InvalidInputError(f"duration must be positive seconds, got {duration!r}")
         return round(duration * self.sample_rate)
 
-    def _device(self) -> torch.device:
-        return next(self.vae.decoder.parameters()).device
-
     def decode_mel(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent (B, T, latent_dim) -> mel (B, num_mels, 2T) in ``compute_dtype``."""
         if latent.ndim != 3 or latent.shape[-1] != self.latent_dim:

@@ -261,3 +261,24 @@ def test_generate_latents_is_seeded_and_per_sample(net: MMAudioNetwork) -> None:
     x1 = sample(net, x0, conditions, empty, num_steps=3)
     assert rel_l2(first, x1 * net.latent_std + net.latent_mean) <= 1e-6
     assert rel_l2(net.normalize(first), x1) <= 1e-5
+
+
+def test_device_tables_are_released_after_sampling_even_when_interrupted() -> None:
+    net = _tiny_net()
+    feats = _features()
+    cond, empty = build_conditions(net, clip_f=feats["clip_f"], sync_f=feats["sync_f"], text_f=feats["text_f"])
+    x0 = initial_noise(0, B, net.latent_seq_len, net.latent_dim)
+    seen: list[int] = []
+
+    def probe(k: int, total: int, x: torch.Tensor) -> None:
+        # during sampling the tables are cached for the compute device ...
+        seen.append(len(net._rotary._on_device) + len(net.t_embed._freqs_on_device))
+        if k == 1:
+            raise KeyboardInterrupt  # ... and an interrupt mid-way must not leave them behind
+
+    with pytest.raises(KeyboardInterrupt):
+        sample(net, x0, cond, empty, num_steps=4, callback=probe)
+    assert seen and seen[0] > 0
+    assert not net._rotary._on_device and not net.t_embed._freqs_on_device
+    sample(net, x0, cond, empty, num_steps=2)
+    assert not net._rotary._on_device and not net.t_embed._freqs_on_device
