@@ -16,13 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _cast(param: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-    """Return ``param`` in the dtype and on the device of ``like`` (no copy when they already match)."""
-    if param is None:
-        return None
+def cast_like_input(param: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``param`` in the dtype and on the device of ``like`` (no copy when they already match)."""
     if param.dtype == like.dtype and param.device == like.device:
         return param
     return param.to(device=like.device, dtype=like.dtype, non_blocking=True)
+
+
+def _cast(param: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    return None if param is None else cast_like_input(param, like)
 
 
 class CastLinear(nn.Linear):

@@ -21,31 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError, WrongCheckpointError
-from ..ops import resolve_ops
+from ..ops import cast_like_input, default_ops, resolve_ops
 
 PREFIX = "vfeat_extractor."
 SEGMENT = 16
 STEP = 8
 
 
-def _cast(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-    if t is None or (t.dtype == like.dtype and t.device == like.device):
-        return t
-    return t.to(device=like.device, dtype=like.dtype)
-
-
-class CastConv3d(nn.Conv3d):
-    """Conv3d that casts its stored weights to the input's dtype and device (used when ``ops`` has none)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, _cast(self.weight, x), _cast(self.bias, x))
-
-
-class CastConv2d(nn.Conv2d):
-    """Conv2d that casts its stored weights to the input's dtype and device (used when ``ops`` has none)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, _cast(self.weight, x), _cast(self.bias, x))
+def _cast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A bare parameter in the activations' dtype and device (layers cast their own weights)."""
+    return cast_like_input(t, like)
 
 
 class MotionFormerConfig:
@@ -142,7 +127,7 @@ class TubeletEmbed(nn.Module):
 
     def __init__(self, cfg: MotionFormerConfig, ops: Any) -> None:
         super().__init__()
-        conv3d = getattr(ops, "Conv3d", None) or CastConv3d
+        conv3d = getattr(ops, "Conv3d", None) or default_ops().Conv3d
         k = (cfg.tubelet, cfg.patch, cfg.patch)
         self.proj = conv3d(3, cfg.dim, kernel_size=k, stride=k)
 
@@ -155,7 +140,7 @@ class UnusedPatchEmbed(nn.Module):
 
     def __init__(self, cfg: MotionFormerConfig, ops: Any) -> None:
         super().__init__()
-        conv2d = getattr(ops, "Conv2d", None) or CastConv2d
+        conv2d = getattr(ops, "Conv2d", None) or default_ops().Conv2d
         self.proj = conv2d(3, cfg.dim, kernel_size=cfg.patch, stride=cfg.patch)
 
 
