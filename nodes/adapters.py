@@ -23,6 +23,7 @@ from ..mmaudio.errors import IncompatibleComponentsError, InvalidInputError, MMA
 from ..mmaudio.features import frames as frame_selection
 from ..mmaudio.features.clip import load_clip
 from ..mmaudio.features.extractor import FeatureExtractor
+from ..mmaudio.features.streaming import VideoFile
 from ..mmaudio.features.synchformer import load_synchformer, num_segments
 from ..mmaudio.model import SequenceLengths, build_network_from_state_dict
 from ..mmaudio.model.config import TRAINING_DURATION_S
@@ -42,7 +43,7 @@ from .types import (
 
 log = logging.getLogger(__name__)
 
-MAX_DURATION_S = 300.0  # the duration widget's limit; also caps how much of a video file is decoded
+MAX_DURATION_S = 300.0  # the duration widget's limit; also the longest clip-length duration of a video file
 CLIP_CHUNK = 16  # CLIP frames per forward
 SYNC_SEGMENTS_PER_BATCH = 8  # Synchformer segments per forward
 
@@ -170,11 +171,15 @@ def pair_negative_prompts(prompts: Sequence[str], negative_text: str) -> list[st
 
 
 def frame_count(frames: Any) -> int:
+    """Frames of an IMAGE batch, or of a video file (those read, or the header's count before reading)."""
+    if isinstance(frames, VideoFile):
+        return frames.num_frames
     return frame_selection.frame_count(frames)
 
 
 class VisualSource:
-    """Frames to extract features from: an IMAGE batch with its frame rate, or a decoded file with timestamps."""
+    """Frames to extract features from: an IMAGE batch with its frame rate, or a video file streamed with its own
+    timestamps (``frames`` is then the :class:`VideoFile`, and ``times`` is filled in once it has been read)."""
 
     def __init__(self, frames: Any, fps: Fraction | float | None, times: torch.Tensor | None, kind: str) -> None:
         self.frames = frames
@@ -182,13 +187,18 @@ class VisualSource:
         self.times = times
         self.kind = kind
 
+    @property
+    def file(self) -> VideoFile | None:
+        return self.frames if isinstance(self.frames, VideoFile) else None
+
 
 def _video_file(video: Any) -> Any:
     """The file (path or BytesIO) behind a VIDEO when its own frames and timestamps can be read from it.
 
-    A file-backed VIDEO is decoded here as uint8 with the file's timestamps (exact for variable frame rates, and
-    a quarter of the memory of ComfyUI's float frames). Anything else, including newer ComfyUI's trimmed or
-    edited views of a file (whose file still holds the unedited stream), goes through ``get_components()``.
+    A file-backed VIDEO is streamed from its file with the file's timestamps (exact for variable frame rates):
+    frames are chosen and resized as they are decoded, so a long or 4K clip is never held whole. Anything else,
+    including newer ComfyUI's trimmed or edited views of a file (whose file still holds the unedited stream), goes
+    through ``get_components()``.
     """
     stream_source = getattr(video, "get_stream_source", None)
     if stream_source is None:
@@ -210,11 +220,8 @@ def visual_source(images: torch.Tensor | None, fps: float | None, video: Any | N
     if video is not None:
         source = _video_file(video)
         if source is not None:
-            from ..mmaudio.media.reading import read_video_frames
-
-            # Decoded whole (uint8) before frames are picked: never more than the longest duration allowed.
-            decoded = read_video_frames(source, max_duration=(duration or MAX_DURATION_S) + 1.0)
-            return VisualSource(decoded.frames, None, decoded.timestamps, "video")
+            # Probed only (a bad file fails here); streamed chunk by chunk when the features are extracted.
+            return VisualSource(VideoFile.open(source, duration=duration), None, None, "video")
         components = video.get_components()
         images, fps = components.images, components.frame_rate
     if images is None:
@@ -232,6 +239,24 @@ def visual_source(images: torch.Tensor | None, fps: float | None, video: Any | N
     if images.shape[0] == 1:  # a still image: image-to-audio, the frame rate plays no part
         return VisualSource(images, 1, None, "image")
     return VisualSource(images, fps, None, "video")
+
+
+def _stream_file(source: VisualSource, requested: float | None, mask_away_clip: bool
+                 ) -> tuple[frame_selection.PreparedFrames, NodeProgress, tuple[int, int]]:
+    """Decode, choose and resize a video file's frames in one pass (one full-resolution chunk held at a time).
+
+    The plan is only known once the file is read, so the bar's CLIP and Synchformer ranges are sized from the
+    probed length (each stage reports its own fraction); the frames range advances, and can be cancelled, per chunk.
+    """
+    file = source.file.for_duration(requested, longest=MAX_DURATION_S)
+    source.frames = file
+    seconds = file.expected_duration
+    clip_units = 0 if mask_away_clip else max(1, int(frame_selection.CLIP_FPS * seconds))
+    sync_units = max(1, num_segments(int(frame_selection.SYNC_FPS * seconds)))
+    progress = NodeProgress(file.expected_frames + clip_units + sync_units + 1)
+    prepared = file.prepare(progress=progress.stage(file.expected_frames))
+    source.times = file.timestamps
+    return prepared, progress, (clip_units, sync_units)
 
 
 def encode_conditions(features: FeatureModelsHandle, source: VisualSource | None, prompt: str,
@@ -253,15 +278,19 @@ def encode_conditions(features: FeatureModelsHandle, source: VisualSource | None
         progress = NodeProgress(1)
         kind = "text"
     else:
-        plan = frame_selection.plan_frames(frame_selection.frame_count(source.frames), source.fps,
-                                           times=source.times, duration=requested)
+        if source.file is not None:
+            prepared, progress, (clip_units, sync_units) = _stream_file(source, requested, mask_away_clip)
+            plan = prepared.plan
+        else:
+            plan = frame_selection.plan_frames(frame_selection.frame_count(source.frames), source.fps,
+                                               times=source.times, duration=requested)
+            clip_units = 0 if mask_away_clip else len(set(plan.clip_indices))
+            sync_units = 0 if plan.is_still else num_segments(len(plan.sync_indices))
+            progress = NodeProgress(len(plan.source_indices) + clip_units + sync_units + 1)
+            prepared = frame_selection.prepare_frames(source.frames, plan,
+                                                      progress=progress.stage(len(plan.source_indices)))
         lengths = SequenceLengths.for_duration(plan.duration, "44k")
         kind = "image" if plan.is_still else source.kind
-        clip_units = 0 if mask_away_clip else len(set(plan.clip_indices))
-        sync_units = 0 if plan.is_still else num_segments(len(plan.sync_indices))
-        progress = NodeProgress(len(plan.source_indices) + clip_units + sync_units + 1)
-        prepared = frame_selection.prepare_frames(source.frames, plan,
-                                                  progress=progress.stage(len(plan.source_indices)))
         if not mask_away_clip:
             load_for_compute([features.clip], force_full=True)
             clip_f = extractor.encode_clip_frames(prepared, batch=CLIP_CHUNK, progress=progress.stage(clip_units))

@@ -11,6 +11,7 @@ import logging
 
 from comfy_api.latest import ComfyExtension, io
 
+from .download import MMAudioSyncDownloadWeights
 from .generation import MMAudioSyncDecode, MMAudioSyncEncodeConditions, MMAudioSyncSampler
 from .loaders import MMAudioSyncDecoderLoader, MMAudioSyncFeatureModelsLoader, MMAudioSyncNetworkLoader
 from .model_folder import register_model_folder
@@ -24,6 +25,7 @@ CORE_NODES: list[type[io.ComfyNode]] = [
     MMAudioSyncEncodeConditions,
     MMAudioSyncSampler,
     MMAudioSyncDecode,
+    MMAudioSyncDownloadWeights,
 ]
 
 

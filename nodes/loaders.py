@@ -15,6 +15,8 @@ from .types import DecoderType, FeatureModelsType, NetworkType
 
 CATEGORY = "audio/MMAudio"
 _FOLDER_HINT = "Files of ComfyUI/models/mmaudio (or an mmaudio: path of extra_model_paths.yaml)"
+_EMPTY_HINT = (" Empty list? Queue the 'MMAudio Download Weights' node to fetch the published files, then refresh "
+               "the page (R).")
 
 
 def _precision_input() -> io.Combo.Input:
@@ -31,12 +33,14 @@ class MMAudioSyncNetworkLoader(io.ComfyNode):
             description=(
                 "Loads an MMAudio flow network: small_16k, small_44k, medium_44k, large_44k or large_44k_v2, as "
                 "the original .pth or a safetensors conversion. The file is recognised by its contents; its mode "
-                "(16 kHz or 44.1 kHz) travels with it so the sampler and decoder can check their partners."
+                "(16 kHz or 44.1 kHz) travels with it so the sampler and decoder can check their partners. No files "
+                "yet? The 'MMAudio Download Weights' node fetches them."
             ),
             inputs=[
                 io.Combo.Input("network", options=adapters.files_of_kind("network"),
                                tooltip=f"{_FOLDER_HINT} that hold an MMAudio flow network, e.g. "
-                                       "mmaudio_large_44k_v2.pth or mmaudio_large_44k_v2_fp16.safetensors."),
+                                       "mmaudio_large_44k_v2.pth or mmaudio_large_44k_v2_fp16.safetensors."
+                                       + _EMPTY_HINT),
                 _precision_input(),
             ],
             outputs=[NetworkType.Output(display_name="network",
@@ -62,15 +66,15 @@ class MMAudioSyncFeatureModelsLoader(io.ComfyNode):
             description=(
                 "Loads the two models that turn video and text into conditions: CLIP (DFN5B ViT-H/14 384, for "
                 "what is seen and for the prompts) and Synchformer (for timing). The same pair serves every "
-                "MMAudio network."
+                "MMAudio network. No files yet? The 'MMAudio Download Weights' node fetches them."
             ),
             inputs=[
                 io.Combo.Input("clip", options=adapters.files_of_kind("clip"),
                                tooltip=f"{_FOLDER_HINT} that hold the DFN5B CLIP ViT-H/14 384 model, e.g. "
-                                       "apple_DFN5B-CLIP-ViT-H-14-384_fp16.safetensors."),
+                                       "apple_DFN5B-CLIP-ViT-H-14-384_fp16.safetensors." + _EMPTY_HINT),
                 io.Combo.Input("synchformer", options=adapters.files_of_kind("synchformer"),
                                tooltip=f"{_FOLDER_HINT} that hold Synchformer, e.g. synchformer_state_dict.pth or "
-                                       "mmaudio_synchformer_fp16.safetensors."),
+                                       "mmaudio_synchformer_fp16.safetensors." + _EMPTY_HINT),
                 _precision_input(),
             ],
             outputs=[FeatureModelsType.Output(display_name="feature_models",
@@ -95,16 +99,17 @@ class MMAudioSyncDecoderLoader(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Loads the audio decoder of one mode: the MMAudio VAE and its BigVGAN vocoder. 16 kHz: v1-16.pth "
-                "with best_netG.pt. 44.1 kHz: v1-44.pth with the BigVGAN v2 44 kHz 128-band generator."
+                "with best_netG.pt. 44.1 kHz: v1-44.pth with the BigVGAN v2 44 kHz 128-band generator. No files "
+                "yet? The 'MMAudio Download Weights' node fetches them."
             ),
             inputs=[
                 io.Combo.Input("vae", options=adapters.files_of_kind("vae"),
                                tooltip=f"{_FOLDER_HINT} that hold an MMAudio VAE: v1-16.pth (16 kHz) or v1-44.pth / "
-                                       "mmaudio_vae_44k_fp16.safetensors (44.1 kHz)."),
+                                       "mmaudio_vae_44k_fp16.safetensors (44.1 kHz)." + _EMPTY_HINT),
                 io.Combo.Input("vocoder", options=adapters.files_of_kind("vocoder"),
                                tooltip=f"{_FOLDER_HINT} that hold a BigVGAN vocoder of the VAE's mode: best_netG.pt "
                                        "(16 kHz) or bigvgan_generator.pt of bigvgan_v2_44khz_128band_512x "
-                                       "(44.1 kHz)."),
+                                       "(44.1 kHz)." + _EMPTY_HINT),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
                                tooltip="Storage precision of the decoder weights; it always computes in fp32. "
                                        "auto keeps fp32 weights (the decoder is small and its output is the "
