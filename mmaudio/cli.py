@@ -127,14 +127,11 @@ def generate(args: argparse.Namespace) -> list[Path]:
     progress = TextProgress(args.quiet)
     try:
         files = _resolve_files(args, progress)
-        frames = times = None
-        if args.video is not None:
-            limit = None if args.duration is None else args.duration + 1.0
-            decoded = media.read_video_frames(args.video, max_duration=limit)
-            frames, times = decoded.frames, decoded.timestamps
+        if args.video is not None:  # probed before any weights load, so a bad file fails fast
+            media.probe_video(args.video)
         pipeline = MMAudioPipeline.from_files(files, device=args.device, precision=args.precision)
         result = pipeline.generate(
-            prompts=[args.prompt], negative_prompt=args.negative_prompt, frames=frames, times=times,
+            prompts=[args.prompt], negative_prompt=args.negative_prompt, video=args.video,
             duration=args.duration, seed=args.seed, steps=args.steps, cfg=args.cfg, num_samples=args.samples,
             mask_away_clip=args.mask_away_clip, progress=progress,
         )

@@ -18,6 +18,7 @@ import torch
 from .decoder import AudioDecoder
 from .errors import IncompatibleComponentsError, InvalidInputError
 from .features.extractor import FeatureExtractor
+from .features.streaming import VideoFile
 from .model import MMAudioNetwork, SequenceLengths, build_network_from_state_dict
 from .model.config import TRAINING_DURATION_S
 from .sampling import DEFAULT_CFG, DEFAULT_STEPS, generate_latents
@@ -132,11 +133,15 @@ class MMAudioPipeline:
     def sample_rate(self) -> int:
         return int(self.decoder.sample_rate)
 
-    def generate(self, *, prompts: Sequence[str], negative_prompt: str = "", frames: Any = None,
-                 fps: Any = None, times: Any = None, duration: float | None = None, seed: int = 42,
-                 steps: int = DEFAULT_STEPS, cfg: float = DEFAULT_CFG, num_samples: int = 1,
+    def generate(self, *, prompts: Sequence[str], negative_prompt: str = "", video: Any = None,
+                 frames: Any = None, fps: Any = None, times: Any = None, duration: float | None = None,
+                 seed: int = 42, steps: int = DEFAULT_STEPS, cfg: float = DEFAULT_CFG, num_samples: int = 1,
                  mask_away_clip: bool = False, progress: StageProgress | None = None) -> GenerationResult:
-        """Audio for one clip (or none: text-to-audio) and one or more prompts; ``num_samples`` per prompt."""
+        """Audio for one clip (or none: text-to-audio) and one or more prompts; ``num_samples`` per prompt.
+
+        The clip is ``video`` (a file path or a binary file object), streamed: frames are chosen and resized as
+        they are decoded, so the clip is never held whole at full resolution. Or ``frames`` with ``fps``/``times``.
+        """
         if isinstance(prompts, str):
             prompts = [prompts]
         prompts = list(prompts) or [""]
@@ -144,7 +149,9 @@ class MMAudioPipeline:
             raise InvalidInputError(f"num_samples must be at least 1, got {num_samples}")
         if steps < 1:
             raise InvalidInputError(f"steps must be at least 1, got {steps}")
-        if frames is None and duration is None:
+        if video is not None and frames is not None:
+            raise InvalidInputError("give either a video file or frames, not both")
+        if video is None and frames is None and duration is None:
             duration = TRAINING_DURATION_S
 
         def stage(name: str) -> Callable[[int, int], None] | None:
@@ -152,8 +159,13 @@ class MMAudioPipeline:
                 return None
             return lambda done, total: progress(name, done, total)
 
-        conditions = self.features(frames, fps, prompts, times=times, duration=duration,
-                                   with_clip=not mask_away_clip, progress=stage("features"))
+        if video is not None:
+            file = VideoFile.open(video, duration=duration)
+            conditions = self.features(None, None, prompts, stream=file, decode_progress=stage("frames"),
+                                       with_clip=not mask_away_clip, progress=stage("features"))
+        else:
+            conditions = self.features(frames, fps, prompts, times=times, duration=duration,
+                                       with_clip=not mask_away_clip, progress=stage("features"))
         negative_f = self.features.encode_text([negative_prompt]) if negative_prompt else None
 
         lengths = SequenceLengths.for_duration(conditions.duration, self.network.config.mode)

@@ -5,7 +5,8 @@ first decoded frame whose timestamp reaches the next target time, where the targ
 ``next += 1/r`` (not ``k/r``). It then resizes *uint8* frames with torchvision's bicubic antialias kernel. Sync
 depends on getting both right for any source rate, so this module reproduces them from a ComfyUI IMAGE batch and
 its frame rate (or explicit per-frame timestamps), selecting indices first and touching only the chosen frames, a
-chunk at a time, so a long full-HD clip never gets a second full-resolution copy.
+chunk at a time, so a long full-HD clip never gets a second full-resolution copy. ``streaming.py`` applies the
+same rule (:class:`SlotClock`) and the same resizing while a video file is being decoded.
 """
 
 from __future__ import annotations
@@ -73,25 +74,46 @@ def frame_times(num_frames: int, fps: FrameRate) -> list[float]:
     return [float(Fraction(i) / rate) for i in range(num_frames)]
 
 
-def sample_and_hold(times: Sequence[float], rate: float, end: float) -> tuple[list[int], list[float]]:
-    """Source index for every slot of a ``rate`` fps stream, and the slot's target time.
+class SlotClock:
+    """The reference's slot rule for one target rate, fed one frame time at a time.
 
-    Frames later than ``end`` are never looked at (the reference stops reading there); the target time is an
-    accumulated double, so it can land a hair above an exact frame time and skip that frame, as the reference does.
+    Slot k's target time is the double accumulated by ``next += 1/rate`` (not ``k/rate``), so it can land a hair
+    above an exact frame time and skip that frame, as the reference does. A frame fills every slot whose target it
+    has reached; frames before time 0 fill none; the first frame later than ``end`` closes the clock (the reference
+    stops reading there). Fed frame by frame, a decoder can tell at once whether a frame is needed.
     """
-    step = 1.0 / rate
-    target = 0.0
+
+    def __init__(self, rate: float, end: float = math.inf) -> None:
+        self.step = 1.0 / rate
+        self.end = end
+        self.next = 0.0
+        self.closed = False
+
+    def fill(self, t: float) -> list[float]:
+        """Target times of the slots the frame at time ``t`` fills (empty when it fills none)."""
+        if self.closed or t < 0.0:
+            return []
+        if t > self.end:
+            self.closed = True
+            return []
+        filled = []
+        while t >= self.next:
+            filled.append(self.next)
+            self.next += self.step
+        return filled
+
+
+def sample_and_hold(times: Sequence[float], rate: float, end: float) -> tuple[list[int], list[float]]:
+    """Source index for every slot of a ``rate`` fps stream, and the slot's target time (see :class:`SlotClock`)."""
+    clock = SlotClock(rate, end)
     indices: list[int] = []
     slot_times: list[float] = []
     for i, t in enumerate(times):
-        if t < 0.0:
-            continue
-        if t > end:
+        filled = clock.fill(t)
+        if clock.closed:
             break
-        while t >= target:
-            indices.append(i)
-            slot_times.append(target)
-            target += step
+        indices.extend([i] * len(filled))
+        slot_times.extend(filled)
     return indices, slot_times
 
 
@@ -127,7 +149,8 @@ class FramePlan:
         return sorted(set(self.clip_indices) | set(self.sync_indices))
 
 
-def _check_duration(duration: float | None) -> float | None:
+def check_duration(duration: float | None) -> float | None:
+    """A requested duration as a positive float (None stays None: the clip's length)."""
     if duration is None:
         return None
     if isinstance(duration, bool) or not isinstance(duration, (int, float)):
@@ -138,7 +161,8 @@ def _check_duration(duration: float | None) -> float | None:
     return value
 
 
-def _check_times(times: Sequence[float] | torch.Tensor, num_frames: int) -> list[float]:
+def check_times(times: Sequence[float] | torch.Tensor, num_frames: int) -> list[float]:
+    """Per-frame timestamps as floats: one per frame, finite, in presentation order."""
     values = [float(t) for t in (times.tolist() if isinstance(times, torch.Tensor) else times)]
     if len(values) != num_frames:
         raise InvalidInputError(f"timestamps: got {len(values)} for {num_frames} frames; expected one per frame")
@@ -165,12 +189,12 @@ def plan_frames(
     """
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
         raise InvalidInputError(f"frames: got {num_frames!r} frames; expected at least one frame")
-    requested = _check_duration(duration)
+    requested = check_duration(duration)
     rate = exact_rate(fps) if fps is not None else None
     if num_frames == 1:
         return _plan_still(requested)
     if times is not None:
-        frame_t = _check_times(times, num_frames)
+        frame_t = check_times(times, num_frames)
     elif rate is not None:
         frame_t = [float(Fraction(i) / rate) for i in range(num_frames)]
     else:
@@ -326,6 +350,11 @@ def _quantize(chunk: torch.Tensor, owned: bool) -> torch.Tensor:
     return chunk
 
 
+def gather_quantized(frames: Frames, indices: Sequence[int]) -> torch.Tensor:
+    """The listed frames as a new [k,H,W,3] uint8 tensor: :func:`gather_frames` then :func:`quantize`, in place."""
+    return _quantize(gather_frames(frames, indices), owned=True)
+
+
 def _as_nchw(u8_nhwc: torch.Tensor) -> torch.Tensor:
     # A channels-last view, the layout the reference hands to torchvision (numpy HWC frames permuted).
     return u8_nhwc.contiguous().permute(0, 3, 1, 2)
@@ -411,7 +440,7 @@ def prepare_frames(
     sources = plan.source_indices
     for start in range(0, len(sources), chunk_size):
         chunk_src = sources[start:start + chunk_size]
-        u8 = _quantize(gather_frames(frames, chunk_src), owned=True)
+        u8 = gather_quantized(frames, chunk_src)
         _scatter(u8, chunk_src, clip_slots, resize_for_clip, clip_u8)
         _scatter(u8, chunk_src, sync_slots, resize_for_sync, sync_u8)
         del u8

@@ -1,0 +1,397 @@
+"""Streaming frame choice (mmaudio.features.streaming) equals decoding the whole clip first, with one chunk held.
+
+Every comparison is against the decode-everything path (read_video_frames -> plan_frames over the decoded
+timestamps -> prepare_frames) on the same file and decoding limit: indices, slot times, durations and uint8 pixels
+must be identical. Golden cases are discovered from the fixture folder, synthetic clips are written here.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import tracemalloc
+import weakref
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from mmaudio import media
+from mmaudio.errors import InvalidInputError
+from mmaudio.features import frames as fr
+from mmaudio.features.extractor import FeatureExtractor
+from mmaudio.features.streaming import DECODE_MARGIN_S, FrameStreamer, VideoFile, prepare_frames_streaming
+
+from .parity.cases import GoldenCase, discover_cases
+
+VIDEO_CASES = [c for c in (GoldenCase.from_file(p) for p in discover_cases()) if c.kind == "video"]
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def decode_all(path: Path | str, duration: float | None, max_duration: float | None = None) -> fr.PreparedFrames:
+    """The path streaming replaces: every frame decoded into one tensor, then planned and prepared."""
+    video = media.read_video_frames(path, max_duration=max_duration)
+    plan = fr.plan_frames(video.frames.shape[0], times=video.timestamps, duration=duration)
+    return fr.prepare_frames(video.frames, plan)
+
+
+def assert_same(got: fr.PreparedFrames, want: fr.PreparedFrames, what: str) -> None:
+    g, w = got.plan, want.plan
+    assert g.num_source_frames == w.num_source_frames, f"{what}: {g.num_source_frames} != {w.num_source_frames}"
+    assert g.clip_indices == w.clip_indices, f"{what}: CLIP source indices differ"
+    assert g.sync_indices == w.sync_indices, f"{what}: Synchformer source indices differ"
+    assert g.clip_times == w.clip_times and g.sync_times == w.sync_times, f"{what}: slot times differ"
+    assert g.duration == w.duration and g.requested_duration == w.requested_duration, f"{what}: durations differ"
+    assert got.clip_u8.dtype == torch.uint8 and got.sync_u8.dtype == torch.uint8
+    assert got.clip_u8.shape == want.clip_u8.shape and got.sync_u8.shape == want.sync_u8.shape, what
+    assert torch.equal(got.clip_u8, want.clip_u8), f"{what}: CLIP pixels differ"
+    assert torch.equal(got.sync_u8, want.sync_u8), f"{what}: Synchformer pixels differ"
+
+
+def write_clip(path: Path, times_ms: list[int] | None = None, *, fps: Fraction | int = 30, count: int = 0,
+               size: tuple[int, int] = (60, 80), seed: int = 0) -> Path:
+    """An H.264 mp4 whose frames all differ (moving square over a gradient, light noise).
+
+    ``times_ms``: explicit presentation times (a variable frame rate); else ``count`` frames at ``fps``.
+    """
+    height, width = size
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
+        stream.options = {"crf": "18", "preset": "ultrafast"}
+        if times_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+            stream.time_base = Fraction(1, 1000)
+        n = len(times_ms) if times_ms is not None else count
+        for i in range(n):
+            image = np.stack([(xs * 3 + i * 5) % 256, (ys * 4) % 256, (xs + ys + i * 9) % 256], -1)
+            x = (4 + 3 * i) % max(1, width - 12)
+            image[height // 3:height // 3 + 12, x:x + 12] = 250
+            image = np.clip(image + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if times_ms is not None:
+                frame.pts, frame.time_base = times_ms[i], Fraction(1, 1000)
+            else:
+                frame.pts, frame.time_base = i, 1 / Fraction(fps)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def vfr_times_ms(count: int, seed: int = 3) -> list[int]:
+    rng = random.Random(seed)
+    times = [0]
+    for _ in range(count - 1):
+        times.append(times[-1] + rng.choice([17, 33, 40, 50, 67, 120]))
+    return times
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("streaming_clips")
+    return {
+        "12fps": write_clip(folder / "c12.mp4", fps=12, count=38, seed=1),
+        "24fps": write_clip(folder / "c24.mp4", fps=24, count=75, size=(80, 60), seed=2),  # portrait
+        "29.97fps": write_clip(folder / "c2997.mp4", fps=Fraction(30000, 1001), count=92, seed=3),
+        "30fps": write_clip(folder / "c30.mp4", fps=30, count=91, size=(48, 96), seed=4),
+        "vfr": write_clip(folder / "vfr.mp4", vfr_times_ms(70), seed=5),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- equality
+
+
+@pytest.mark.parametrize("case", VIDEO_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("which", ["clip length", "requested"])
+def test_golden_video_streamed_equals_decoded_whole(case: GoldenCase, which: str) -> None:
+    path = case.file(case.spec["mp4"])
+    duration = float(case.spec["requested_duration"]) if which == "requested" else None
+    want = decode_all(path, duration)
+    for chunk_size in (1, 7, 64):
+        got = prepare_frames_streaming(media.iter_video_frames(path, chunk_size=chunk_size), duration=duration)
+        assert_same(got, want, f"{case.name}, duration {duration}, chunks of {chunk_size}")
+    if duration is not None:  # and both are the reference's choice
+        io = case.io()
+        assert list(got.plan.clip_indices) == io[case.spec["clip"]["src_index_key"]].tolist()
+        assert list(got.plan.sync_indices) == io[case.spec["sync"]["src_index_key"]].tolist()
+        assert math.isclose(got.duration, case.spec["effective_duration"], rel_tol=0, abs_tol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["12fps", "24fps", "29.97fps", "30fps", "vfr"])
+@pytest.mark.parametrize("duration", [None, 1.7])
+def test_synthetic_clip_streamed_equals_decoded_whole(clips: dict[str, Path], name: str,
+                                                      duration: float | None) -> None:
+    path = clips[name]
+    file = VideoFile.open(path, duration=duration, chunk_size=5)
+    want = decode_all(path, duration, max_duration=file.max_duration)
+    got = file.prepare()
+    assert_same(got, want, f"{name}, duration {duration}")
+    assert file.timestamps is not None and file.num_frames == want.plan.num_source_frames
+    if duration is None:
+        assert file.max_duration is None and got.duration > 2.5
+    else:
+        assert file.max_duration == duration + DECODE_MARGIN_S and duration - 0.05 < got.duration <= duration
+    if name == "vfr":  # the clip really is irregular, so frames are chosen by their own times
+        steps = torch.diff(file.timestamps)
+        assert steps.max() > 2 * steps.min()
+
+
+def test_longest_bounds_a_clip_length_duration(clips: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """The node layer's widget limit: a file longer than ``longest`` is read for ``longest`` seconds."""
+    path = clips["30fps"]  # ~3 s
+    with caplog.at_level("WARNING"):
+        file = VideoFile.open(path, longest=2.0)
+    assert file.duration == 2.0 and file.max_duration == 2.0 + DECODE_MARGIN_S
+    assert "first 2.0 s" in caplog.text
+    assert_same(file.prepare(), decode_all(path, 2.0, max_duration=file.max_duration), "longest")
+    assert VideoFile.open(path, longest=60.0).duration is None  # shorter files keep their own length
+    assert file.for_duration(1.0).duration == 1.0 and file.for_duration(None).duration is None
+
+
+def test_float_image_chunks_equal_the_image_batch() -> None:
+    """Chunks of a ComfyUI IMAGE (float 0..1) stream like decoded uint8 chunks."""
+    image = torch.rand(50, 36, 52, 3)
+    times = torch.tensor(fr.frame_times(50, 24), dtype=torch.float64)
+    want = fr.prepare_frames(image, fr.plan_frames(50, times=times))
+    got = prepare_frames_streaming((image[i:i + 6], times[i:i + 6]) for i in range(0, 50, 6))
+    assert_same(got, want, "IMAGE chunks")
+
+
+def test_one_frame_file_is_a_still_image(tmp_path: Path) -> None:
+    path = write_clip(tmp_path / "one.mp4", fps=25, count=1)
+    got = VideoFile.open(path, duration=1.5).prepare()
+    assert got.plan.is_still and got.sync_u8.shape[0] == 0
+    assert_same(got, decode_all(path, 1.5, max_duration=1.5 + DECODE_MARGIN_S), "one frame")
+    with pytest.raises(InvalidInputError, match="explicit duration"):
+        VideoFile.open(path).prepare()
+
+
+def test_unlimited_rule_fills_a_few_slots_beyond_the_plan_and_keeps_them_in_place(clips: dict[str, Path]) -> None:
+    """Without a duration the clocks run to the end; the plan keeps a prefix, so almost nothing is wasted, and
+    with the length known up front the kept frames are the buffer written while decoding, not a copy of it."""
+    file = VideoFile.open(clips["30fps"], chunk_size=8)
+    streamer = FrameStreamer(expected_duration=file.expected_duration)
+    for chunk in file.chunks():
+        streamer.add(chunk.frames, chunk.timestamps)
+    clip_filled, sync_filled = streamer.slots_filled
+    prepared = streamer.finish()
+    assert len(prepared.plan.clip_indices) <= clip_filled <= len(prepared.plan.clip_indices) + 3
+    assert len(prepared.plan.sync_indices) <= sync_filled <= len(prepared.plan.sync_indices) + 3
+    assert prepared.clip_u8._is_view() and prepared.sync_u8._is_view()
+    assert_same(prepared, decode_all(clips["30fps"], None), "sized up front")
+
+    grown = FrameStreamer(expected_duration=0.5)  # too small a guess: blocks are added, the result is the same
+    for chunk in file.chunks():
+        grown.add(chunk.frames, chunk.timestamps)
+    assert_same(grown.finish(), prepared, "grown buffers")
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+
+def watched_chunks(path: Path, chunk_size: int, alive: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Decoded chunks in arrays of our own; before decoding each next chunk, records how many earlier ones live."""
+    refs: list[weakref.ref] = []
+    for chunk in media.iter_video_frames(path, chunk_size=chunk_size):
+        frames = chunk.frames.numpy().copy()
+        times = chunk.timestamps.clone()
+        del chunk
+        alive.append(sum(ref() is not None for ref in refs))
+        refs.append(weakref.ref(frames))
+        yield torch.from_numpy(frames), times  # the tensor keeps the array (and so the weakref) alive
+        del frames
+    alive.append(sum(ref() is not None for ref in refs))
+
+
+def test_at_most_one_full_resolution_chunk_is_alive(clips: dict[str, Path]) -> None:
+    alive: list[int] = []
+    streamer = FrameStreamer()
+    prepared = streamer.consume(watched_chunks(clips["29.97fps"], 4, alive))
+    assert len(alive) > 20
+    assert max(alive) == 0, f"earlier chunks still alive while decoding: {alive}"
+    del prepared
+    # The watcher does see chunks a consumer keeps (what decoding everything first does).
+    kept: list[int] = []
+    held = list(watched_chunks(clips["29.97fps"], 4, kept))
+    assert kept[-1] == len(held) > 20
+
+
+def test_decoding_memory_is_one_chunk_not_the_clip(tmp_path: Path) -> None:
+    """tracemalloc sees the decoder's numpy buffers (not torch's resized frames): one chunk at a time."""
+    size, count, chunk = (240, 320), 90, 4
+    path = write_clip(tmp_path / "big.mp4", fps=30, count=count, size=size)
+    frame_bytes = size[0] * size[1] * 3
+    file = VideoFile.open(path, chunk_size=chunk)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        prepared = file.prepare()
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    bound = (chunk + 2) * frame_bytes + 512 * 1024
+    assert peak <= bound, f"peak {peak / 2**20:.2f} MiB > {bound / 2**20:.2f} MiB"
+    assert count * frame_bytes > 5 * bound  # the whole clip would not fit under it
+    assert prepared.plan.num_source_frames == count
+
+
+# ----------------------------------------------------------------------------------------------- progress, errors
+
+
+def test_progress_follows_chunks_and_can_interrupt(clips: dict[str, Path]) -> None:
+    calls: list[tuple[int, int]] = []
+    file = VideoFile.open(clips["30fps"], chunk_size=10)
+    file.prepare(progress=lambda done, total: calls.append((done, total)))
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert calls[-1] == (91, 91) and len(calls) >= 10
+
+    class StopError(Exception):
+        pass
+
+    pulled: list[int] = []
+
+    def chunks() -> Iterator[media.FrameChunk]:
+        for chunk in media.iter_video_frames(clips["30fps"], chunk_size=10):
+            pulled.append(chunk.frames.shape[0])
+            yield chunk
+
+    def stop(done: int, total: int) -> None:
+        if done >= 20:
+            raise StopError
+
+    with pytest.raises(StopError):
+        prepare_frames_streaming(chunks(), progress=stop)
+    assert len(pulled) == 2, "decoding must stop at the chunk where progress raised"
+
+
+def test_bad_streams_are_rejected() -> None:
+    a = torch.zeros(3, 16, 16, 3, dtype=torch.uint8)
+    with pytest.raises(InvalidInputError, match="one size"):
+        prepare_frames_streaming([(a, [0.0, 0.04, 0.08]), (torch.zeros(2, 8, 16, 3, dtype=torch.uint8), [0.12, 0.16])])
+    with pytest.raises(InvalidInputError, match="presentation order"):
+        prepare_frames_streaming([(a, [0.0, 0.04, 0.08]), (a, [0.07, 0.1, 0.2])])
+    with pytest.raises(InvalidInputError, match="timestamps"):
+        prepare_frames_streaming([(a, [0.0, 0.04])])
+    with pytest.raises(InvalidInputError, match="zero frames"):
+        prepare_frames_streaming([])
+    with pytest.raises(InvalidInputError, match="duration"):
+        prepare_frames_streaming([(a, [0.0, 0.04, 0.08])], duration=-1.0)
+    with pytest.raises(InvalidInputError, match="segment"):
+        prepare_frames_streaming([(a, [0.0, 0.04, 0.08])])
+    with pytest.raises(InvalidInputError, match="chunks"):
+        prepare_frames_streaming([a])  # type: ignore[list-item]
+
+
+# ----------------------------------------------------------------------------------------------- extractor
+
+
+class _StubClip(torch.nn.Module):
+    """CLIP stand-in: a frame's 'embedding' is its mean pixel value."""
+
+    def encode_images(self, x: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3)).unsqueeze(-1).expand(-1, 1024)
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        return torch.zeros(len(prompts), 77, 1024)
+
+
+class _StubExtractor(FeatureExtractor):
+    """Synchformer stand-in: a segment's 'features' are the mean of its 25 fps frames."""
+
+    def encode_sync_frames(self, prepared: fr.PreparedFrames, *, batch: int = 8, progress=None) -> torch.Tensor:
+        x = fr.sync_input(prepared.sync_u8).mean(dim=(1, 2, 3))
+        segments = x.unfold(0, 16, 8).mean(-1)
+        if progress is not None:
+            progress(segments.shape[0], segments.shape[0])
+        return segments.repeat_interleave(8).view(1, -1, 1).expand(-1, -1, 768)
+
+
+def test_extractor_stream_equals_whole_clip(clips: dict[str, Path]) -> None:
+    extractor = _StubExtractor(clip=_StubClip(), synchformer=torch.nn.Identity())  # type: ignore[arg-type]
+    path = clips["vfr"]
+    video = media.read_video_frames(path)
+    whole = extractor(video.frames, None, ["a", "b"], times=video.timestamps, duration=1.7)
+    stages: dict[str, list[tuple[int, int]]] = {"frames": [], "models": []}
+    streamed = extractor(None, None, ["a", "b"], stream=media.iter_video_frames(path, chunk_size=6), duration=1.7,
+                         decode_progress=lambda d, t: stages["frames"].append((d, t)),
+                         progress=lambda d, t: stages["models"].append((d, t)))
+    assert streamed.plan == whole.plan and streamed.duration == whole.duration
+    assert torch.equal(streamed.clip_f, whole.clip_f) and torch.equal(streamed.sync_f, whole.sync_f)
+    assert stages["frames"][-1][0] == stages["frames"][-1][1] == whole.plan.num_source_frames
+    assert stages["models"] and stages["models"][-1][0] == stages["models"][-1][1]
+    with pytest.raises(InvalidInputError, match="Synchformer is not loaded"):
+        FeatureExtractor(clip=_StubClip()).encode_video_stream(iter(()))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="not both"):
+        extractor(video.frames, None, ["a"], times=video.timestamps, stream=iter(()))
+
+
+# ----------------------------------------------------------------------------------------------- node layer
+
+
+def test_node_layer_streams_a_file_backed_video(clips: dict[str, Path], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from .pack_loader import PACK_NAME, stubbed_pack
+
+    with stubbed_pack(tmp_path) as _pack:
+        adapters = sys.modules[f"{PACK_NAME}.nodes.adapters"]
+        streaming = sys.modules[f"{PACK_NAME}.mmaudio.features.streaming"]
+        utils, mm = sys.modules["comfy.utils"], sys.modules["comfy.model_management"]
+        path = clips["24fps"]
+
+        class FileVideo:
+            def get_stream_source(self) -> str:
+                return str(path)
+
+            def get_components(self):  # type: ignore[no-untyped-def]
+                raise AssertionError("a file-backed VIDEO must be read from its file")
+
+        source = adapters.visual_source(None, None, FileVideo(), None)
+        assert isinstance(source.file, streaming.VideoFile) and source.times is None, "probed, not decoded"
+        assert adapters.frame_count(source.frames) == 75
+
+        bar: list[int] = []
+        utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: bar.append(value))
+        try:
+            prepared, progress, (clip_units, sync_units) = adapters._stream_file(source, 2.0, False)
+            frames_end = bar[-1]
+        finally:
+            utils.set_progress_bar_global_hook(None)
+        want = decode_all(path, 2.0, max_duration=2.0 + DECODE_MARGIN_S)
+        assert_same(prepared, want, "node layer")
+        assert source.times is not None and adapters.frame_count(source.frames) == want.plan.num_source_frames
+        assert bar == sorted(bar) and len(bar) >= 3, "the frames range advances per chunk"
+        assert frames_end == source.file.expected_frames < progress.total, "then CLIP, Synchformer and text follow"
+        assert clip_units == 16 and sync_units >= 1
+
+        pulled: list[int] = []
+        original = streaming.VideoFile.chunks
+
+        def counted(self):  # type: ignore[no-untyped-def]
+            for chunk in original(self):
+                pulled.append(1)
+                yield chunk
+
+        monkeypatch.setattr(streaming.VideoFile, "chunks", counted)
+
+        def cancel(value, total, preview, node_id=None):  # type: ignore[no-untyped-def]
+            mm.interrupt_current_processing(True)
+
+        utils.set_progress_bar_global_hook(cancel)
+        try:
+            with pytest.raises(mm.InterruptProcessingException):
+                adapters._stream_file(adapters.visual_source(None, None, FileVideo(), None), None, False)
+        finally:
+            utils.set_progress_bar_global_hook(None)
+            mm.interrupt_current_processing(False)
+        assert len(pulled) == 2, "a Cancel takes effect at the next chunk"
