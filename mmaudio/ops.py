@@ -102,3 +102,21 @@ def default_ops() -> Any:
 def resolve_ops(ops: Any | None) -> Any:
     """``ops`` itself, or the default namespace when ``None``."""
     return default_ops() if ops is None else ops
+
+
+CASTING_LAYERS = (CastLinear, CastConv1d, CastConv2d, CastConv3d, CastConvTranspose1d)
+
+
+def store_layer_weights(module: nn.Module, dtype: torch.dtype) -> int:
+    """Keep the weights of ``module``'s casting layers in ``dtype`` (fp8 storage halves fp16's memory); biases,
+    norms and bare parameters stay as they are. Returns the number of layers changed."""
+    changed = 0
+    for layer in module.modules():
+        if isinstance(layer, CASTING_LAYERS) and layer.weight.dtype != dtype:
+            weight = layer.weight.detach()
+            if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+                limit = torch.finfo(dtype).max
+                weight = weight.float().clamp(-limit, limit)
+            layer.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
+            changed += 1
+    return changed

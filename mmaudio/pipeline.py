@@ -21,6 +21,7 @@ from .features.extractor import FeatureExtractor
 from .features.streaming import VideoFile
 from .model import MMAudioNetwork, SequenceLengths, build_network_from_state_dict
 from .model.config import TRAINING_DURATION_S
+from .ops import store_layer_weights
 from .sampling import DEFAULT_CFG, DEFAULT_STEPS, generate_latents
 from .vae import load_vae
 from .vocoder import load_vocoder
@@ -113,9 +114,11 @@ class MMAudioPipeline:
         network_sd, _ = load_component(paths["network"], "network")
         network = build_network_from_state_dict(network_sd, device=device, dtype=dtype)
         del network_sd
+        if precision.startswith("fp8"):
+            store_layer_weights(network, parse_dtype(precision))
 
-        # The VAE and vocoder are small and sensitive to half precision: fp32 unless asked otherwise.
-        decoder_dtype = torch.float32 if precision == "auto" else dtype
+        # The VAE and vocoder are small and sensitive to half precision: fp32 unless fp16/bf16 is asked for.
+        decoder_dtype = dtype if precision in ("fp16", "bf16") else torch.float32
         vae_sd, _ = load_component(paths["vae"], "vae")
         vocoder_sd, _ = load_component(paths["vocoder"], "vocoder")
         vae = load_vae(vae_sd, source=paths["vae"].name, dtype=decoder_dtype)
