@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from mmaudio.ops import CASTING_LAYERS, store_layer_weights
-
 from tests.test_sampling import _features, _tiny_net
 
 
