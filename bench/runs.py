@@ -52,6 +52,7 @@ class Settings:
     quality_steps: int | None = None  # default: steps
     reference: ReferenceModules | None = None
     reference_error: str | None = None  # why the reference is not compared (when it was asked for)
+    reference_dtype_name: str | None = None  # the reference's weights dtype; None: the same as ours
     log: Callable[[str], None] = print
 
     @property
@@ -206,20 +207,23 @@ def _stage_summary(runs: list[dict[str, dict[str, Any]]], name: str) -> dict[str
     return out
 
 
-def _combined(runs: list[dict[str, dict[str, Any]]], names: tuple[str, ...]) -> dict[str, Any] | None:
+def _combined(runs: list[dict[str, dict[str, Any]]], names: tuple[str, ...],
+              first_run: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     totals = [_total(r, names) for r in runs]
     if not runs or totals[0] is None:
         return None
     present = [n for n in names if n in runs[0]]
     return {"seconds": summarize(totals), "stages": present,
-            "peak_bytes": max(r[n]["peak_bytes"] for r in runs for n in present),
-            "peak_delta_bytes": max(r[n]["peak_delta_bytes"] for r in runs for n in present)}
+            "peak_bytes": max(r[n]["peak_bytes"] for r in [*runs, first_run] for n in present),
+            "peak_delta_bytes": max(r[n]["peak_delta_bytes"] for r in runs for n in present),
+            "first_run_peak_delta_bytes": max(first_run[n]["peak_delta_bytes"] for n in present)}
 
 
-def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
-    if not a or not b:
+def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "seconds",
+           stat: str = "median") -> float | None:
+    if not a or not b or key not in a or key not in b:
         return None
-    return a["seconds"]["median"] / b["seconds"]["median"]
+    return a[key][stat] / b[key][stat]
 
 
 # ---- the variant -------------------------------------------------------------------------------------------
@@ -227,16 +231,17 @@ def measure_variant(name: str, settings: Settings) -> dict[str, Any]:
     log = settings.log
     log(f"[{name}] building models with random weights ...")
     work = build_workload(name, settings)
-    dtype = settings.dtype
     compute_dtype = work.net.compute_dtype
+    ref_name = settings.reference_dtype_name or settings.dtype_name
+    ref_dtype = _parse_dtype(ref_name)
     ref_net = None
     reference_note = settings.reference_error
     if settings.reference is not None:
-        if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        if ref_dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
             reference_note = "the reference has no fp8 path; not compared"
         else:
             ref_net = build_reference_network(settings.reference, work.spec, work.state_dict, work.lengths,
-                                              settings.device, dtype)
+                                              settings.device, ref_dtype)
             if settings.compile:
                 ref_net.predict_flow = torch.compile(ref_net.predict_flow, mode=settings.compile_mode, dynamic=False)
     with_features = work.extractor is not None
@@ -244,14 +249,17 @@ def measure_variant(name: str, settings: Settings) -> dict[str, Any]:
     # Two steps: the first call fills the network's per-device caches (rotary tables, timestep frequencies),
     # which torch.compile guards on, so a compiled network recompiles once at the second call.
     warm_steps = min(2, settings.steps)
+    first_run: dict[str, dict[str, Any]] | None = None  # the cold run: memory not yet held by the allocator
     for _ in range(settings.warmup):
         log(f"[{name}] warm-up ({warm_steps} steps)")
-        _, _, feats = run_ours(work, settings, steps=warm_steps, batched=True, features=with_features, decode=True)
+        result, _, feats = run_ours(work, settings, steps=warm_steps, batched=True, features=with_features,
+                                    decode=True)
+        first_run = first_run or result
         work.inputs = feats  # sampling inputs from the real feature extractor from now on
         if settings.two_pass:
             run_ours(work, settings, steps=warm_steps, batched=False, features=False, decode=False)
         if ref_net is not None:
-            run_reference(work, settings, ref_net, steps=warm_steps, dtype=dtype)
+            run_reference(work, settings, ref_net, steps=warm_steps, dtype=ref_dtype)
 
     e2e_runs, two_pass_runs, ref_runs = [], [], []
     for i in range(settings.repeats):
@@ -260,6 +268,7 @@ def measure_variant(name: str, settings: Settings) -> dict[str, Any]:
                                      decode=True)
         work.inputs = feats
         e2e_runs.append(result)
+        first_run = first_run or result
         work.outputs[(settings.dtype_name, "batched", settings.steps)] = x1
         if settings.two_pass:
             log(f"[{name}] repeat {i + 1}/{settings.repeats}: sampling with two-pass guidance")
@@ -269,9 +278,9 @@ def measure_variant(name: str, settings: Settings) -> dict[str, Any]:
             work.outputs[(settings.dtype_name, "two_pass", settings.steps)] = x1
         if ref_net is not None:
             log(f"[{name}] repeat {i + 1}/{settings.repeats}: reference sampling (two-pass guidance)")
-            result, x1 = run_reference(work, settings, ref_net, steps=settings.steps, dtype=dtype)
+            result, x1 = run_reference(work, settings, ref_net, steps=settings.steps, dtype=ref_dtype)
             ref_runs.append(result)
-            work.outputs[("reference_" + settings.dtype_name, "two_pass", settings.steps)] = x1
+            work.outputs[("reference_" + ref_name, "two_pass", settings.steps)] = x1
 
     memory = memory_probe(settings.device)
     out: dict[str, Any] = {
@@ -298,10 +307,13 @@ def measure_variant(name: str, settings: Settings) -> dict[str, Any]:
     for stage in (*FEATURE_STAGES, "conditions", "sampling", *DECODE_STAGES):
         summary = _stage_summary(e2e_runs, stage)
         if summary is not None:
+            # Later runs reuse memory the allocator kept, so the cold run shows what a stage really needs.
+            summary["first_run_peak_delta_bytes"] = first_run[stage]["peak_delta_bytes"]
             stages[stage] = summary
-    stages["features"] = _combined(e2e_runs, FEATURE_STAGES)
-    stages["decoding"] = _combined(e2e_runs, DECODE_STAGES)
-    stages["end_to_end"] = _combined(e2e_runs, (*FEATURE_STAGES, "conditions", "sampling", *DECODE_STAGES))
+    stages["features"] = _combined(e2e_runs, FEATURE_STAGES, first_run)
+    stages["decoding"] = _combined(e2e_runs, DECODE_STAGES, first_run)
+    stages["end_to_end"] = _combined(e2e_runs, (*FEATURE_STAGES, "conditions", "sampling", *DECODE_STAGES),
+                                     first_run)
     if stages["features"] is None:
         stages.pop("features")
         out["features_note"] = "feature extraction skipped (--features none): random features of the real shapes"
@@ -314,14 +326,18 @@ def measure_variant(name: str, settings: Settings) -> dict[str, Any]:
     if ref_runs:
         ref = {"conditions": _stage_summary(ref_runs, "conditions"),
                "sampling": _stage_summary(ref_runs, "sampling"),
+               "dtype": ref_name,
                "stubbed_modules": list(settings.reference.stubbed),
                "path": str(settings.reference.root)}
         ours_x1 = work.outputs[(settings.dtype_name, "batched", settings.steps)]
-        ref_x1 = work.outputs[("reference_" + settings.dtype_name, "two_pass", settings.steps)]
+        ref_x1 = work.outputs[("reference_" + ref_name, "two_pass", settings.steps)]
         ref["latent_agreement"] = compare(ours_x1, ref_x1)
         out["reference"] = ref
         ratios = out.setdefault("ratios", {})
         ratios["sampling_over_reference"] = _ratio(stages["sampling"], ref["sampling"])
+        # Fastest step of each: the least disturbed by other processes on a shared machine.
+        ratios["fastest_step_over_reference"] = _ratio(stages["sampling"], ref["sampling"], "step_seconds", "min")
+        ratios["cpu_time_over_reference"] = _ratio(stages["sampling"], ref["sampling"], "cpu_seconds")
         if two_pass_runs:
             ratios["two_pass_over_reference"] = _ratio(out["sampling_two_pass"], ref["sampling"])
     elif reference_note:
@@ -358,6 +374,7 @@ def _sampled(work: Workload, settings: Settings, dtype_name: str, cfg_mode: str,
 def quality_guard(work: Workload, settings: Settings, ref_net: torch.nn.Module | None) -> dict[str, Any]:
     """Each fast setting's final latents against our float32 two-pass result (the reference's arithmetic)."""
     steps = settings.quality_steps or settings.steps
+    ref_name = settings.reference_dtype_name or settings.dtype_name
     settings.log(f"[{work.spec.name}] quality guard ({steps} steps)")
     baseline = _sampled(work, settings, "fp32", "two_pass", steps)
     rows = [("fp32, batched guidance", "fp32", "batched")]
@@ -368,9 +385,17 @@ def quality_guard(work: Workload, settings: Settings, ref_net: torch.nn.Module |
     for label, dtype_name, cfg_mode in rows:
         x1 = _sampled(work, settings, dtype_name, cfg_mode, steps)
         results.append({"setting": label, "dtype": dtype_name, "guidance": cfg_mode, **compare(x1, baseline)})
-    if ref_net is not None and settings.dtype_name == "fp32":
-        x1 = _sampled(work, settings, "reference_fp32", "two_pass", steps, ref_net)
-        results.append({"setting": "reference fp32 (two-pass)", "dtype": "fp32", "guidance": "two_pass",
-                        **compare(x1, baseline)})
+    if settings.reference is not None:
+        # The reference at each precision, on the same weights (cast as its demo casts them: everything,
+        # including t and the timestep frequencies; it has no fp8 path).
+        for dtype_name in dict.fromkeys(("fp32", ref_name, *settings.quality_dtypes)):
+            if dtype_name not in ("fp32", "bf16", "fp16"):
+                continue
+            net = ref_net if dtype_name == ref_name and ref_net is not None else build_reference_network(
+                settings.reference, work.spec, work.state_dict, work.lengths, settings.device,
+                _parse_dtype(dtype_name))
+            x1 = _sampled(work, settings, f"reference_{dtype_name}", "two_pass", steps, net)
+            results.append({"setting": f"reference {dtype_name} (two-pass)", "dtype": dtype_name,
+                            "guidance": "two_pass", **compare(x1, baseline)})
     return {"baseline": "ours, fp32 weights, two-pass guidance", "steps": steps, "metric_on": "final latents x1",
             "rows": results}
