@@ -59,9 +59,9 @@ class _CountingNet:
         self.calls: list[tuple[int, torch.Tensor]] = []
         original = net.predict_flow
 
-        def counting(latent: torch.Tensor, t: torch.Tensor, conditions: object) -> torch.Tensor:
-            self.calls.append((latent.shape[0], torch.as_tensor(t).clone()))
-            return original(latent, t, conditions)
+        def counting(latent: torch.Tensor, t: torch.Tensor, conditions: object, *, branches: int = 1) -> torch.Tensor:
+            self.calls.append((latent.shape[0] * branches, torch.as_tensor(t).clone()))
+            return original(latent, t, conditions, branches=branches)
 
         monkeypatch.setattr(net, "predict_flow", counting)
 

@@ -8,7 +8,7 @@ import torch
 
 from .conditions import Conditions
 
-FlowFn = Callable[[torch.Tensor, torch.Tensor, Conditions], torch.Tensor]  # (latent, t[B], conditions) -> flow
+FlowFn = Callable[..., torch.Tensor]  # predict_flow(latent, t[B], conditions, *, branches=1) -> flow
 
 
 def combine_guidance(cond_flow: torch.Tensor, uncond_flow: torch.Tensor, cfg_strength: float) -> torch.Tensor:
@@ -35,5 +35,5 @@ def guided_flow(predict_flow: FlowFn, latent: torch.Tensor, t: torch.Tensor, con
     batch = latent.shape[0]
     if joint_conditions is None:
         joint_conditions = Conditions.concat([conditions.expand(batch), empty_conditions.expand(batch)])
-    flow = predict_flow(torch.cat([latent, latent]), torch.cat([t, t]), joint_conditions)
+    flow = predict_flow(latent, torch.cat([t, t]), joint_conditions, branches=2)  # one input projection
     return combine_guidance(flow[:batch], flow[batch:], cfg_strength)

@@ -276,15 +276,22 @@ class MMAudioNetwork(nn.Module):
         return self.preprocess_conditions(clip, sync, text).expand(bs)
 
     # ---- flow ----------------------------------------------------------------------------------------------
-    def predict_flow(self, latent: torch.Tensor, t: torch.Tensor | float, conditions: Conditions) -> torch.Tensor:
-        """Velocity [B, L, latent_dim] at flow time t (noise at 0, data at 1; one value per sample or a scalar)."""
+    def predict_flow(self, latent: torch.Tensor, t: torch.Tensor | float, conditions: Conditions, *,
+                     branches: int = 1) -> torch.Tensor:
+        """Velocity [branches * B, L, latent_dim] at flow time t (noise at 0, data at 1; one value per sample or a
+        scalar). ``branches`` > 1 runs the same latent [B, L, C] under several stacked condition sets (the
+        guidance branches: conditions and t of batch branches * B), projecting the latent only once."""
         self._check_features("latent", latent, self._latent_seq_len, self.latent_dim)
-        batch = latent.shape[0]
+        if branches < 1:
+            raise InvalidInputError(f"branches must be at least 1, got {branches}")
+        x = self.audio_input_proj(latent)
+        if branches > 1:
+            x = x.repeat(branches, 1, 1)
+        batch = x.shape[0]
         t = torch.as_tensor(t, device=latent.device)
         t = t.reshape(1).expand(batch) if t.numel() == 1 else t.reshape(batch)
         conditions = conditions.expand(batch)
 
-        x = self.audio_input_proj(latent)
         pooled = self.global_cond_mlp(conditions.clip_f_c + conditions.text_f_c)
         global_c = self.t_embed(t, dtype=x.dtype).unsqueeze(1) + pooled.unsqueeze(1)  # [B, 1, D]
         extended_c = global_c + conditions.sync_f  # [B, L, D]: per-token condition of the latent stream
