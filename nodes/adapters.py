@@ -40,6 +40,7 @@ from .types import (
     FeatureModelsHandle,
     NetworkHandle,
 )
+from .video_files import unedited_file_of
 
 log = logging.getLogger(__name__)
 
@@ -192,33 +193,15 @@ class VisualSource:
         return self.frames if isinstance(self.frames, VideoFile) else None
 
 
-def _video_file(video: Any) -> Any:
-    """The file (path or BytesIO) behind a VIDEO when its own frames and timestamps can be read from it.
-
-    A file-backed VIDEO is streamed from its file with the file's timestamps (exact for variable frame rates):
-    frames are chosen and resized as they are decoded, so a long or 4K clip is never held whole. Anything else,
-    including newer ComfyUI's trimmed or edited views of a file (whose file still holds the unedited stream), goes
-    through ``get_components()``.
-    """
-    stream_source = getattr(video, "get_stream_source", None)
-    if stream_source is None:
-        return None
-    trim_window = getattr(video, "get_active_trim_window", None)
-    if trim_window is not None and any(float(v) != 0.0 for v in trim_window()):
-        return None
-    pending_edits = getattr(video, "has_pending_frame_edits", None)
-    if pending_edits is not None and pending_edits():
-        return None
-    return stream_source()
-
-
 def visual_source(images: torch.Tensor | None, fps: float | None, video: Any | None,
                   duration: float | None) -> VisualSource | None:
     """What the encode node's visual inputs amount to (None: text-to-audio)."""
     if images is not None and video is not None:
         raise InvalidInputError("connect either video or images (with fps), not both")
     if video is not None:
-        source = _video_file(video)
+        # A file-backed VIDEO is streamed from its file with the file's own timestamps (exact for variable frame
+        # rates): frames are chosen and resized while decoding, so a long or 4K clip is never held whole.
+        source = unedited_file_of(video)
         if source is not None:
             # Probed only (a bad file fails here); streamed chunk by chunk when the features are extracted.
             return VisualSource(VideoFile.open(source, duration=duration), None, None, "video")

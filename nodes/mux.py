@@ -19,6 +19,7 @@ from comfy_api.latest import InputImpl, io, ui
 from ..mmaudio.errors import InvalidInputError
 from ..mmaudio.media import container_for_source, mux_audio_into_video, probe_video
 from .progress import NodeProgress
+from .video_files import unedited_file_of
 
 CATEGORY = "audio/MMAudio"
 CONTAINER_CHOICES = ["auto", "mp4", "mkv", "webm"]
@@ -38,19 +39,12 @@ def _audio_parts(audio: Any) -> tuple[Any, Any]:
 def _copyable_source(video: Any) -> Any:
     """The file behind a VIDEO whose packets can be copied unchanged, or None when it must be decoded.
 
-    Only a core ``VideoFromFile`` is backed by a file. Newer ComfyUI can hand out trimmed or edited views of
-    one; their file still holds the unedited stream, so those are decoded (and re-encoded) instead.
+    Only a core ``VideoFromFile`` is backed by a file, and only an unedited one can be copied.
     """
     file_type = getattr(InputImpl, "VideoFromFile", None)
     if file_type is None or not isinstance(video, file_type):
         return None
-    trim_window = getattr(video, "get_active_trim_window", None)
-    if trim_window is not None and any(float(v) != 0.0 for v in trim_window()):
-        return None
-    pending_edits = getattr(video, "has_pending_frame_edits", None)
-    if pending_edits is not None and pending_edits():
-        return None
-    return video.get_stream_source()
+    return unedited_file_of(video)
 
 
 def _metadata(prompt: Any, extra_pnginfo: Any) -> dict[str, str]:
