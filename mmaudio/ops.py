@@ -8,6 +8,7 @@ bf16, fp8) and cast them to the activation dtype and device on the fly; inside C
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -105,18 +106,32 @@ def resolve_ops(ops: Any | None) -> Any:
 
 
 CASTING_LAYERS = (CastLinear, CastConv1d, CastConv2d, CastConv3d, CastConvTranspose1d)
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
-def store_layer_weights(module: nn.Module, dtype: torch.dtype) -> int:
+def to_storage_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` in ``dtype``; fp8 targets are clamped to the format's range first (e4m3fn has no infinity, so
+    an out-of-range value would otherwise become NaN)."""
+    if tensor.dtype == dtype:
+        return tensor
+    if dtype in FP8_DTYPES:
+        limit = torch.finfo(dtype).max
+        return tensor.float().clamp(-limit, limit).to(dtype)
+    return tensor.to(dtype)
+
+
+def _is_casting_layer(layer: nn.Module) -> bool:
+    return isinstance(layer, CASTING_LAYERS)
+
+
+def store_layer_weights(module: nn.Module, dtype: torch.dtype,
+                        is_casting_layer: Callable[[nn.Module], bool] = _is_casting_layer) -> int:
     """Keep the weights of ``module``'s casting layers in ``dtype`` (fp8 storage halves fp16's memory); biases,
-    norms and bare parameters stay as they are. Returns the number of layers changed."""
+    norms and bare parameters stay as they are. ``is_casting_layer`` tells which layers cast their weights per
+    call (ComfyUI's ``comfy.ops`` layers for the node layer). Returns the number of layers changed."""
     changed = 0
     for layer in module.modules():
-        if isinstance(layer, CASTING_LAYERS) and layer.weight.dtype != dtype:
-            weight = layer.weight.detach()
-            if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-                limit = torch.finfo(dtype).max
-                weight = weight.float().clamp(-limit, limit)
-            layer.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
+        if is_casting_layer(layer) and layer.weight.dtype != dtype:
+            layer.weight = nn.Parameter(to_storage_dtype(layer.weight.detach(), dtype), requires_grad=False)
             changed += 1
     return changed

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..mmaudio.errors import InvalidInputError
+from ..mmaudio.ops import store_layer_weights
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16", "fp8_e4m3fn")
 PRECISION_TOOLTIP = (
@@ -96,9 +97,11 @@ def choose_placement(precision: str, *, prefer_half: bool = True) -> Placement:
 def narrow_layer_weights(module: nn.Module, dtype: torch.dtype) -> None:
     """Store the weights of the Linear/Conv layers in ``dtype`` (fp8); norms, embeddings and the bare
     parameters (latent statistics, learned empty features) keep the compute dtype they were built in."""
-    for layer in module.modules():
-        if isinstance(layer, _CAST_LAYERS) and hasattr(layer, "comfy_cast_weights"):
-            layer.weight = nn.Parameter(layer.weight.detach().to(dtype), requires_grad=False)
+    store_layer_weights(module, dtype, _is_comfy_casting_layer)
+
+
+def _is_comfy_casting_layer(layer: nn.Module) -> bool:
+    return isinstance(layer, _CAST_LAYERS) and hasattr(layer, "comfy_cast_weights")
 
 
 class ModelRoot(nn.Module):

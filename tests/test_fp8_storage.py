@@ -29,3 +29,16 @@ def test_fp8_layer_weights_compute_in_bf16_close_to_fp32() -> None:
     assert got.dtype == torch.bfloat16
     cosine = F.cosine_similarity(got.float().flatten(), want.flatten(), dim=0)
     assert cosine > 0.98, float(cosine)
+
+
+def test_fp8_storage_saturates_instead_of_turning_large_weights_into_nan() -> None:
+    from mmaudio.ops import default_ops
+
+    layer = default_ops().Linear(2, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1000.0, -1000.0], [0.5, 0.25]]))
+    assert store_layer_weights(layer, torch.float8_e4m3fn) == 1
+    stored = layer.weight.float()
+    assert torch.isfinite(stored).all()
+    limit = torch.finfo(torch.float8_e4m3fn).max
+    assert stored[0].tolist() == [limit, -limit] and stored[1].tolist() == [0.5, 0.25]

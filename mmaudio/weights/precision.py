@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
+from ..ops import to_storage_dtype
 
 STORAGE_DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -122,11 +123,6 @@ def _matches(key: str, patterns: Iterable[str]) -> bool:
     return any(fnmatchcase(key, p) or key.endswith("." + p) for p in patterns)
 
 
-def _to_fp8(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    limit = torch.finfo(dtype).max
-    return tensor.float().clamp_(-limit, limit).to(dtype) if tensor.dtype != dtype else tensor
-
-
 def cast_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     storage_dtype: torch.dtype | str,
@@ -157,7 +153,7 @@ def cast_state_dict(
         elif not fp8:
             out[key] = tensor.to(storage)
         elif (key in narrow) if narrow is not None else tensor.ndim >= 2:
-            out[key] = _to_fp8(tensor, storage)
+            out[key] = to_storage_dtype(tensor, storage)
         else:
             out[key] = tensor.to(fallback)
     return out
