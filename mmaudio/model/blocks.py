@@ -53,6 +53,29 @@ class QKVProjection(nn.Module):
         return q, k, v
 
 
+class TokenCondition(NamedTuple):
+    """A per-token condition [B, L, D] stored as its distinct rows, so each row is modulated once.
+
+    The latent stream's condition is the sync features (upsampled to the latent length, and constant for the
+    unconditional branch) plus a per-sample vector, so most of its rows repeat: 16 kHz audio has 250 latent
+    tokens but only 192 sync tokens, and the empty video has a handful of distinct rows.
+    """
+
+    distinct: torch.Tensor  # [U, D]
+    index: torch.Tensor  # [B, L] int64: the row of ``distinct`` each token holds
+
+
+Condition = torch.Tensor | TokenCondition  # [B, 1 or L, D], or the same as distinct rows
+
+
+def modulation_terms(modulation: nn.Module, c: Condition) -> torch.Tensor:
+    """``modulation(c)`` as [B, 1 or L, k], computed once per distinct row for a :class:`TokenCondition`."""
+    if isinstance(c, TokenCondition):
+        terms = modulation(c.distinct)
+        return terms.index_select(0, c.index.reshape(-1)).view(*c.index.shape, terms.shape[-1])
+    return modulation(c)
+
+
 class Modulation(NamedTuple):
     """The adaLN terms of one stream after its attention input has been modulated."""
 
@@ -81,15 +104,15 @@ class StreamBlock(nn.Module):
         if kernel_size == 1:
             self.linear1 = ops.Linear(dim, dim, bias=True)
         else:
-            self.linear1 = channel_last_conv1d(ops, dim, dim, kernel_size)
+            self.linear1 = channel_last_conv1d(ops, dim, dim, kernel_size, reuse_filters=True)
         self.norm2 = ops.LayerNorm(dim, elementwise_affine=False, eps=LAYERNORM_EPS)
-        self.ffn = SwiGLU(dim, int(dim * mlp_ratio), ops, kernel_size=kernel_size)
+        self.ffn = SwiGLU(dim, int(dim * mlp_ratio), ops, kernel_size=kernel_size, reuse_filters=True)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), ops.Linear(dim, 6 * dim, bias=True))
 
-    def pre_attention(self, x: torch.Tensor, c: torch.Tensor, rot: Rotary | None,
+    def pre_attention(self, x: torch.Tensor, c: Condition, rot: Rotary | None,
                       ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], Modulation]:
         """q, k, v of the modulated stream, and the terms post_attention needs. c: [B, 1 or L, D]."""
-        terms = self.adaLN_modulation(c)
+        terms = modulation_terms(self.adaLN_modulation, c)
         if self.pre_only:
             shift_msa, scale_msa = terms.chunk(2, dim=-1)
             mod = Modulation(None, None, None, None)
@@ -105,7 +128,7 @@ class StreamBlock(nn.Module):
         x = x + self.linear1(attn_out) * mod.gate_msa
         return x + self.ffn(modulate(self.norm2(x), mod.shift_mlp, mod.scale_mlp)) * mod.gate_mlp
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, rot: Rotary | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: Condition, rot: Rotary | None) -> torch.Tensor:
         """Single-stream (fused) block: self-attention over this stream only."""
         qkv, mod = self.pre_attention(x, c, rot)
         return self.post_attention(x, attention(*qkv), mod)
@@ -126,7 +149,7 @@ class JointBlock(nn.Module):
         self.text_block = StreamBlock(dim, num_heads, ops, mlp_ratio=mlp_ratio, pre_only=pre_only, kernel_size=1)
 
     def forward(self, latent: torch.Tensor, clip_f: torch.Tensor, text_f: torch.Tensor, global_c: torch.Tensor,
-                extended_c: torch.Tensor, latent_rot: Rotary, clip_rot: Rotary,
+                extended_c: Condition, latent_rot: Rotary, clip_rot: Rotary,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x_qkv, x_mod = self.latent_block.pre_attention(latent, extended_c, latent_rot)
         c_qkv, c_mod = self.clip_block.pre_attention(clip_f, global_c, clip_rot)

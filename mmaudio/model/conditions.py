@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 
 import torch
 
 from ..errors import InvalidInputError
+
+# Below this share of distinct rows the latent stream's adaLN runs on distinct rows (the gather costs little).
+DISTINCT_ROWS_WORTHWHILE = 0.9
+
+
+class DistinctRows(NamedTuple):
+    """The distinct sync rows of every sample: ``rows`` [U, D], the sample each belongs to ``sample`` [U], and
+    for every token the row it holds, ``index`` [B, L]."""
+
+    rows: torch.Tensor
+    sample: torch.Tensor
+    index: torch.Tensor
+
+
+def distinct_rows(sequence: torch.Tensor) -> DistinctRows:
+    """Exact deduplication of the rows of each sample of ``sequence`` [B, L, D] (equal bits, equal row)."""
+    rows, samples, indices = [], [], []
+    offset = 0
+    for b in range(sequence.shape[0]):
+        unique, inverse = torch.unique(sequence[b], dim=0, return_inverse=True)
+        rows.append(unique)
+        samples.append(torch.full((unique.shape[0],), b, dtype=torch.long, device=sequence.device))
+        indices.append(inverse + offset)
+        offset += unique.shape[0]
+    return DistinctRows(torch.cat(rows), torch.cat(samples), torch.stack(indices))
 
 
 @dataclass
@@ -22,9 +48,24 @@ class Conditions:
     text_f: torch.Tensor  # [B, text_len, D]
     clip_f_c: torch.Tensor  # [B, D]
     text_f_c: torch.Tensor  # [B, D]
+    _distinct_sync: DistinctRows | None = field(default=None, init=False, repr=False, compare=False)
+    _distinct_sync_known: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def distinct_sync_rows(self) -> DistinctRows | None:
+        """The distinct rows of ``sync_f`` per sample, or None when deduplication would save too little.
+
+        Computed once per Conditions object (a sampler keeps its conditions for all steps) from the values
+        themselves, so hand-built conditions are handled as well as projected ones.
+        """
+        if not self._distinct_sync_known:
+            found = distinct_rows(self.sync_f)
+            worthwhile = found.rows.shape[0] <= DISTINCT_ROWS_WORTHWHILE * found.index.numel()
+            self._distinct_sync = found if worthwhile else None
+            self._distinct_sync_known = True
+        return self._distinct_sync
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
     @property
     def batch_size(self) -> int:
@@ -40,6 +81,8 @@ class Conditions:
 
     def expand(self, batch_size: int) -> Conditions:
         """Every entry at ``batch_size``; batch-1 entries are broadcast, others must already match."""
+        if all(value.shape[0] == batch_size for value in self.tensors().values()):
+            return self  # keeps what was computed from it (distinct sync rows)
         out = {}
         for name, value in self.tensors().items():
             if value.shape[0] == batch_size:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import winograd
 from .config import swiglu_hidden_dim
 
 
@@ -28,30 +29,56 @@ def _channel_last_class(conv_cls: type) -> type:
     """A subclass of ``conv_cls`` (an ops Conv1d) that takes and returns [B, L, C] tensors."""
 
     class ChannelLastConv1d(conv_cls):  # type: ignore[misc, valid-type]
-        """Conv1d over the token axis of a channel-last sequence; parameter names are those of Conv1d."""
+        """Conv1d over the token axis of a channel-last sequence; parameter names are those of Conv1d.
+
+        With ``reuse_filters`` set (layers a sampler runs at every step), a kernel-3 convolution takes the
+        Winograd path on a CPU, keeping its transformed filters until :meth:`release_cached_filters`.
+        """
+
+        reuse_filters = False
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            if self.reuse_filters and winograd.applies_to(x):
+                weights = winograd.stored_weights([self], x)
+                bias = self.bias
+                if weights is not None and (bias is None or (bias.dtype == x.dtype and bias.device == x.device)):
+                    return winograd.conv3(x, self._winograd.get(weights, winograd.filter_tiles), bias)
             return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+        def release_cached_filters(self) -> None:
+            if self.reuse_filters:
+                self._winograd.clear()
 
     ChannelLastConv1d.__qualname__ = f"ChannelLast{conv_cls.__name__}"
     return ChannelLastConv1d
 
 
-def channel_last_conv1d(ops: Any, in_dim: int, out_dim: int, kernel_size: int, *, bias: bool = True) -> nn.Module:
-    """A "same"-padded Conv1d applied to [B, L, C] sequences."""
+def channel_last_conv1d(ops: Any, in_dim: int, out_dim: int, kernel_size: int, *, bias: bool = True,
+                        reuse_filters: bool = False) -> nn.Module:
+    """A "same"-padded Conv1d applied to [B, L, C] sequences (see ``reuse_filters`` above for kernel 3)."""
     cls = _channel_last_class(ops.Conv1d)
-    return cls(in_dim, out_dim, kernel_size=kernel_size, padding=kernel_size // 2, bias=bias)
+    layer = cls(in_dim, out_dim, kernel_size=kernel_size, padding=kernel_size // 2, bias=bias)
+    if reuse_filters and kernel_size == 3:
+        layer.reuse_filters = True
+        layer._winograd = winograd.FilterCache()
+    return layer
 
 
 class SwiGLU(nn.Module):
     """w2(silu(w1 x) * w3 x) without biases, as Linear layers (kernel_size 1) or channel-last convolutions.
 
     ``nominal_hidden`` is dim * ratio; the real width is two thirds of it rounded up to a multiple of 256.
+    With ``reuse_filters`` (the MLPs a sampler runs at every step), kernel-3 convolutions take the Winograd
+    path on a CPU (:mod:`.winograd`), with the transformed filters kept until :meth:`release_cached_filters`.
     """
 
-    def __init__(self, dim: int, nominal_hidden: int, ops: Any, kernel_size: int = 1) -> None:
+    def __init__(self, dim: int, nominal_hidden: int, ops: Any, kernel_size: int = 1, *,
+                 reuse_filters: bool = False) -> None:
         super().__init__()
         hidden = swiglu_hidden_dim(nominal_hidden)
+        self.kernel_size = kernel_size
+        self.reuse_filters = reuse_filters and kernel_size == 3
+        self._winograd = winograd.FilterCache()
         if kernel_size == 1:
             self.w1 = ops.Linear(dim, hidden, bias=False)
             self.w2 = ops.Linear(hidden, dim, bias=False)
@@ -62,7 +89,15 @@ class SwiGLU(nn.Module):
             self.w3 = channel_last_conv1d(ops, dim, hidden, kernel_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reuse_filters and winograd.applies_to(x):
+            weights = winograd.stored_weights([self.w1, self.w2, self.w3], x)
+            if weights is not None:
+                return winograd.swiglu3(x, *self._winograd.get(weights, winograd.swiglu_filters))
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+    def release_cached_filters(self) -> None:
+        """Drop the transformed filters (a third more memory than the convolution weights while kept)."""
+        self._winograd.clear()
 
 
 class HeadRMSNorm(nn.Module):

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..ops import resolve_ops
-from .blocks import FinalBlock, JointBlock, StreamBlock
+from .blocks import Condition, FinalBlock, JointBlock, StreamBlock, TokenCondition
 from .conditions import Conditions
 from .config import NetworkConfig
 from .embeddings import RotaryTables, TimestepEmbedder
@@ -172,9 +172,17 @@ class MMAudioNetwork(nn.Module):
         every move of the module), so no tensor of ours stays on a GPU once the weights have been offloaded."""
         self._rotary.release_device_copies()
         self.t_embed.release_device_copies()
+        self._release_cached_filters()
+
+    def _release_cached_filters(self) -> None:
+        for module in self.modules():
+            release = getattr(module, "release_cached_filters", None)
+            if release is not None:
+                release()
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> MMAudioNetwork:
         self._rotary.release_device_copies()
+        self._release_cached_filters()
         return super()._apply(fn, *args, **kwargs)
 
     @property
@@ -294,7 +302,7 @@ class MMAudioNetwork(nn.Module):
 
         pooled = self.global_cond_mlp(conditions.clip_f_c + conditions.text_f_c)
         global_c = self.t_embed(t, dtype=x.dtype).unsqueeze(1) + pooled.unsqueeze(1)  # [B, 1, D]
-        extended_c = global_c + conditions.sync_f  # [B, L, D]: per-token condition of the latent stream
+        extended_c = self._latent_condition(global_c, conditions)
 
         latent_rot = self._rotary.get("latent", x.device)
         clip_rot = self._rotary.get("clip", x.device)
@@ -305,6 +313,14 @@ class MMAudioNetwork(nn.Module):
             x = fused(x, extended_c, latent_rot)
         # The final layer takes global_c, not extended_c: a known slip of the reference that the weights learned.
         return self.final_layer(x, global_c)
+
+    @staticmethod
+    def _latent_condition(global_c: torch.Tensor, conditions: Conditions) -> Condition:
+        """global_c + sync_f, the per-token condition of the latent stream, as distinct rows where they repeat."""
+        distinct = conditions.distinct_sync_rows()
+        if distinct is None:
+            return global_c + conditions.sync_f  # [B, L, D]
+        return TokenCondition(global_c[distinct.sample, 0] + distinct.rows, distinct.index)
 
     def forward(self, latent: torch.Tensor, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor,
                 t: torch.Tensor | float) -> torch.Tensor:
