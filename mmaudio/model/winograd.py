@@ -164,16 +164,17 @@ def swiglu3(x: torch.Tensor, gate_and_value: torch.Tensor, down: torch.Tensor) -
     hidden = down.shape[1]
     products = _products(_tiles_from_sequence(x), gate_and_value, batch)  # [4, B, T, 2H]
     tiles = products.shape[2]
-    even_pre = products[0] + products[1]
+    even_pre, odd_pre = products[0], products[1]  # combined in place: m0 + m1 + m2 and m1 - m2 - m3
+    even_pre += odd_pre
     even_pre += products[2]
-    odd_pre = products[1] - products[2]
+    odd_pre -= products[2]
     odd_pre -= products[3]
     even = x.new_empty(batch, tiles + 1, hidden)
     odd_shifted = x.new_empty(batch, tiles + 1, hidden)
     even[:, tiles].zero_()  # x[2T] lies past the end
     odd_shifted[:, 0].zero_()  # x[-1]
-    torch.mul(F.silu(even_pre[..., :hidden]), even_pre[..., hidden:], out=even[:, :tiles])
-    torch.mul(F.silu(odd_pre[..., :hidden]), odd_pre[..., hidden:], out=odd_shifted[:, 1:])
+    torch.mul(F.silu(even_pre[..., :hidden], inplace=True), even_pre[..., hidden:], out=even[:, :tiles])
+    torch.mul(F.silu(odd_pre[..., :hidden], inplace=True), odd_pre[..., hidden:], out=odd_shifted[:, 1:])
     if length % 2:  # position L lies past the end: w2 must see zero padding there
         odd_shifted[:, tiles].zero_()
     down_products = _products(_tiles_from_even_odd(even, odd_shifted), down, batch)
