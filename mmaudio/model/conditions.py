@@ -23,12 +23,18 @@ class DistinctRows(NamedTuple):
 
 
 def distinct_rows(sequence: torch.Tensor) -> DistinctRows:
-    """Exact deduplication of the rows of each sample of ``sequence`` [B, L, D] (equal bits, equal row)."""
+    """Exact deduplication of the rows of each sample of ``sequence`` [B, L, D] (equal bits, equal row).
+
+    The rows are gathered from ``sequence`` itself (at each value's first position), so gradients still flow.
+    """
     rows, samples, indices = [], [], []
     offset = 0
+    positions = torch.arange(sequence.shape[1], device=sequence.device)
     for b in range(sequence.shape[0]):
-        unique, inverse = torch.unique(sequence[b], dim=0, return_inverse=True)
-        rows.append(unique)
+        unique, inverse = torch.unique(sequence[b].detach(), dim=0, return_inverse=True)
+        first = torch.full((unique.shape[0],), sequence.shape[1], dtype=torch.long, device=sequence.device)
+        first.scatter_reduce_(0, inverse, positions, reduce="amin")
+        rows.append(sequence[b].index_select(0, first))
         samples.append(torch.full((unique.shape[0],), b, dtype=torch.long, device=sequence.device))
         indices.append(inverse + offset)
         offset += unique.shape[0]

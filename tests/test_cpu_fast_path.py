@@ -1,0 +1,225 @@
+"""The CPU fast path of the flow network: Winograd F(2, 3) convolutions and adaLN on distinct sync rows.
+
+Both change only the order of float32 arithmetic, so each is checked in float64 (where the algorithm must agree
+with the plain convolution to ~1e-15, proving it exact) and in float32 (where the difference must stay at
+rounding level), plus the conditions under which the fast path is taken and the life of its caches.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmaudio.model import MMAudioNetwork, NetworkConfig, SequenceLengths, winograd
+from mmaudio.model.conditions import Conditions, distinct_rows
+from mmaudio.model.layers import SwiGLU, channel_last_conv1d
+from mmaudio.ops import default_ops
+from mmaudio.sampling import build_conditions, initial_noise, sample
+from tests.parity.cases import rel_l2
+
+LENGTHS = SequenceLengths.for_duration(1.0, "16k")
+
+
+def _plain_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return F.conv1d(x.transpose(1, 2), weight, bias, padding=1).transpose(1, 2)
+
+
+def _plain_swiglu(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
+    return _plain_conv3(F.silu(_plain_conv3(x, w1)) * _plain_conv3(x, w3), w2)
+
+
+def _weights(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) / (shape[1] * shape[2]) ** 0.5).to(dtype)
+
+
+# ---- the algorithm -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 7, 64, 250, 251])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_conv3_equals_the_convolution_in_float64(length: int, with_bias: bool) -> None:
+    x = torch.randn(3, length, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(length))
+    weight = _weights(10, 12, 3, dtype=torch.float64, seed=1)
+    bias = torch.randn(10, dtype=torch.float64) if with_bias else None
+    out = winograd.conv3(x, winograd.filter_tiles(weight), bias)
+    assert out.shape == (3, length, 10)
+    assert rel_l2(out, _plain_conv3(x, weight, bias)) < 1e-13
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 5, 64, 250, 345])
+def test_swiglu3_equals_the_plain_mlp_in_float64(length: int) -> None:
+    x = torch.randn(2, length, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(length))
+    w1, w3 = _weights(24, 16, 3, dtype=torch.float64, seed=2), _weights(24, 16, 3, dtype=torch.float64, seed=3)
+    w2 = _weights(16, 24, 3, dtype=torch.float64, seed=4)
+    out = winograd.swiglu3(x, *winograd.swiglu_filters(w1, w2, w3))
+    assert rel_l2(out, _plain_swiglu(x, w1, w2, w3)) < 1e-13
+
+
+def test_float32_differences_stay_at_rounding_level_on_a_real_width() -> None:
+    """small_16k's MLP (448 -> 1280 -> 448) over both guidance branches of an 8 s clip."""
+    x = torch.randn(2, 250, 448, generator=torch.Generator().manual_seed(0))
+    w1, w3 = _weights(1280, 448, 3, dtype=torch.float32, seed=5), _weights(1280, 448, 3, dtype=torch.float32, seed=6)
+    w2 = _weights(448, 1280, 3, dtype=torch.float32, seed=7)
+    exact = _plain_swiglu(x.double(), w1.double(), w2.double(), w3.double())
+    fast = winograd.swiglu3(x, *winograd.swiglu_filters(w1, w2, w3))
+    plain = _plain_swiglu(x, w1, w2, w3)
+    assert rel_l2(fast.double(), exact) < 3e-6
+    assert rel_l2(plain.double(), exact) < 3e-6  # the same order of error as the convolution itself
+
+
+def test_non_contiguous_input() -> None:
+    x = torch.randn(12, 9, 2, dtype=torch.float64).permute(2, 1, 0)  # [2, 9, 12], strided
+    weight = _weights(5, 12, 3, dtype=torch.float64, seed=8)
+    assert rel_l2(winograd.conv3(x, winograd.filter_tiles(weight)), _plain_conv3(x, weight)) < 1e-13
+
+
+def test_filter_tiles_rejects_other_kernels() -> None:
+    with pytest.raises(ValueError, match=r"kernel-3 Conv1d weight"):
+        winograd.filter_tiles(torch.zeros(4, 4, 5))
+
+
+# ---- when the layers take it ---------------------------------------------------------------------------------
+def _mlp(seed: int = 0, dtype: torch.dtype = torch.float32) -> SwiGLU:
+    torch.manual_seed(seed)
+    return SwiGLU(16, 96, default_ops(), kernel_size=3, reuse_filters=True).to(dtype)
+
+
+def _count_fast_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    original = winograd.swiglu3
+
+    def counting(*args: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(winograd, "swiglu3", counting)
+    return calls
+
+
+def test_mlp_takes_the_fast_path_for_cpu_float32_inference(monkeypatch: pytest.MonkeyPatch) -> None:
+    mlp, x = _mlp(), torch.randn(2, 11, 16)
+    calls = _count_fast_calls(monkeypatch)
+    with torch.no_grad():
+        fast = mlp(x)
+        assert len(calls) == 1
+        with winograd.use_winograd(False):
+            plain = mlp(x)
+        assert len(calls) == 1
+    assert winograd.winograd_enabled()
+    assert rel_l2(fast, plain) < 1e-5
+
+
+@pytest.mark.parametrize("case", ["grad", "bf16", "kernel1", "not_reused", "patched"])
+def test_mlp_keeps_the_plain_path(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_fast_calls(monkeypatch)
+    mlp = _mlp(dtype=torch.bfloat16 if case == "bf16" else torch.float32)
+    if case == "kernel1":
+        mlp = SwiGLU(16, 96, default_ops(), kernel_size=1, reuse_filters=True)
+    if case == "not_reused":
+        mlp = SwiGLU(16, 96, default_ops(), kernel_size=3)
+    if case == "patched":  # a ComfyUI layer with a weight patch applied per call
+        mlp.w1.weight_function = [lambda w: w]
+    x = torch.randn(1, 5, 16, dtype=torch.bfloat16 if case == "bf16" else torch.float32)
+    if case == "grad":
+        mlp(x).sum().backward()
+    else:
+        with torch.no_grad():
+            mlp(x)
+    assert calls == []
+
+
+def test_cached_filters_follow_weight_changes_and_are_released() -> None:
+    mlp, x = _mlp(), torch.randn(1, 9, 16)
+    with torch.no_grad():
+        before = mlp(x)
+        assert mlp._winograd._key is not None
+        mlp.w2.weight.mul_(2.0)  # in place: a new version of the same storage
+        after = mlp(x)
+        with winograd.use_winograd(False):
+            plain = mlp(x)
+    assert rel_l2(after, 2 * before) < 1e-5
+    assert rel_l2(after, plain) < 1e-5
+    mlp.release_cached_filters()
+    assert mlp._winograd._key is None and mlp._winograd._filters is None
+
+
+def test_channel_last_conv_with_bias_takes_the_fast_path() -> None:
+    torch.manual_seed(0)
+    conv = channel_last_conv1d(default_ops(), 8, 6, 3, reuse_filters=True)
+    x = torch.randn(2, 7, 8)
+    with torch.no_grad():
+        fast = conv(x)
+        assert conv._winograd._key is not None
+        with winograd.use_winograd(False):
+            plain = conv(x)
+    assert rel_l2(fast, plain) < 1e-5
+    conv.release_cached_filters()
+    assert conv._winograd._key is None
+
+
+# ---- distinct sync rows ----------------------------------------------------------------------------------------
+def test_distinct_rows_rebuild_the_sequence_per_sample() -> None:
+    base = torch.randn(2, 5, 4)
+    sequence = base[:, torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4])]  # [2, 9, 4], repeats inside each sample
+    sequence[1, 4] = sequence[0, 0]  # equal values in different samples stay separate rows
+    found = distinct_rows(sequence)
+    assert found.index.shape == (2, 9)
+    assert torch.equal(found.rows[found.index], sequence)
+    assert found.rows.shape[0] == 5 + 6
+    assert torch.equal(found.sample, torch.tensor([0] * 5 + [1] * 6))
+
+
+def _tiny_net() -> MMAudioNetwork:
+    config = NetworkConfig(name="tiny", latent_dim=8, clip_dim=24, sync_dim=16, text_dim=20, hidden_dim=32, depth=3,
+                           fused_depth=1, num_heads=2, v2=True, mode="16k", text_seq_len=10,
+                           latent_seq_len=LENGTHS.latent_seq_len, clip_seq_len=LENGTHS.clip_seq_len,
+                           sync_seq_len=LENGTHS.sync_seq_len)
+    torch.manual_seed(0)
+    net = MMAudioNetwork(config).eval()
+    with torch.no_grad():
+        for param in net.parameters():
+            param.normal_(0.0, 0.3)
+    return net
+
+
+def test_projected_sync_rows_repeat_and_the_empty_video_has_few() -> None:
+    net = _tiny_net()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        cond, empty = build_conditions(net, clip_f=torch.randn(1, LENGTHS.clip_seq_len, 24, generator=gen),
+                                       sync_f=torch.randn(1, LENGTHS.sync_seq_len, 16, generator=gen),
+                                       text_f=torch.randn(1, 10, 20, generator=gen))
+    cond_rows, empty_rows = cond.distinct_sync_rows(), empty.distinct_sync_rows()
+    assert cond_rows is not None and empty_rows is not None
+    assert cond_rows.rows.shape[0] <= LENGTHS.sync_seq_len < LENGTHS.latent_seq_len
+    assert empty_rows.rows.shape[0] < 30  # 8 positions per segment plus the convolutions' edges
+    assert cond.expand(1) is cond  # the sampler keeps the object, and with it the rows
+
+
+def test_all_distinct_rows_are_not_deduplicated() -> None:
+    sequence = torch.randn(1, 6, 4)
+    cond = Conditions(clip_f=torch.zeros(1, 2, 4), sync_f=sequence, text_f=torch.zeros(1, 3, 4),
+                      clip_f_c=torch.zeros(1, 4), text_f_c=torch.zeros(1, 4))
+    assert cond.distinct_sync_rows() is None
+
+
+def test_sampling_is_unchanged_by_the_fast_path_and_leaves_no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = _tiny_net()
+    gen = torch.Generator().manual_seed(2)
+    features = {"clip_f": torch.randn(2, LENGTHS.clip_seq_len, 24, generator=gen),
+                "sync_f": torch.randn(2, LENGTHS.sync_seq_len, 16, generator=gen),
+                "text_f": torch.randn(2, 10, 20, generator=gen)}
+    x0 = initial_noise(3, 2, LENGTHS.latent_seq_len, 8)
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            cond, empty = build_conditions(net, **features)
+            return sample(net, x0, cond, empty, num_steps=4, cfg_strength=4.5)
+
+    fast = run()
+    assert all(getattr(m, "_winograd", None) is None or m._winograd._key is None for m in net.modules())
+    monkeypatch.setattr("mmaudio.model.conditions.DISTINCT_ROWS_WORTHWHILE", 0.0)
+    with winograd.use_winograd(False):
+        plain = run()
+    assert rel_l2(fast, plain) < 1e-5
+    assert not torch.equal(fast, plain)  # the fast path really ran
