@@ -5,6 +5,8 @@
 //   the node's context menu when such a player holds the audio.
 // - MMAudio Encode Conditions: a live line with the duration and frame counts the backend will use (from the
 //   duration widget, the connected inputs and the "mmaudio_timing" payload of the last run).
+// - MMAudio Download Weights: its last report (the preview text it sends after running) in a read-only box, so
+//   no Preview Any node is needed to read it.
 //
 // Only this file touches ComfyUI; all logic lives in ./lib (plain ES modules, tested with `node --test js/tests/`).
 
@@ -14,13 +16,20 @@ import { DEFAULT_THEME, drawSpectrogram, drawWaveforms, hitTest } from "./lib/dr
 import { describeEncode } from "./lib/encode_info.js";
 import { booleanWidgetValue, findWidget, isLinked, linkedAudioElements, numericWidgetValue } from "./lib/graph.js";
 import { parseTiming, parseWaveforms } from "./lib/payload.js";
+import { reportHeight, reportText } from "./lib/report.js";
 import { spectrogram } from "./lib/waveform.js";
 
 const EXTENSION = "MMAudioSync.Widgets";
 const DECODE_NODE = "MMAudioSyncDecode";
 const ENCODE_NODE = "MMAudioSyncEncodeConditions";
+const DOWNLOAD_NODE = "MMAudioSyncDownloadWeights";
 const WAVEFORM_WIDGET = "mmaudio_waveform_view";
 const INFO_WIDGET = "mmaudio_timing_info";
+const REPORT_WIDGET = "mmaudio_report";
+const REPORT_LINE_HEIGHT = 14;
+const REPORT_MIN_HEIGHT = 40; // the box can be shrunk to this and scrolls; a run grows the node to fit the text
+const REPORT_MIN_WIDTH = 420; // report lines name files and folders: wide enough that few of them wrap
+const WIDGET_MARGIN = 20; // node width minus the DOM widget's width (its margins on both sides)
 const LEVEL_COLORS = { ok: "var(--descrip-text, #999)", warn: "#e0a040", error: "#ff6060" };
 
 function warnOnce(node, what, err) {
@@ -326,6 +335,55 @@ function addInfoWidget(node) {
   };
 }
 
+// ------------------------------------------------------------------------------------------- report box
+
+// Grow the node (never shrink it: the user may have sized it) so the box is `wanted` px high instead of its minimum.
+function fitReport(node, wanted) {
+  if (!node.size || !node.computeSize) return;
+  const width = Math.max(node.size[0], REPORT_MIN_WIDTH);
+  const height = Math.max(node.size[1], node.computeSize()[1] + wanted - REPORT_MIN_HEIGHT);
+  if (width !== node.size[0] || height !== node.size[1]) node.setSize?.([width, height]);
+}
+
+function addReportWidget(node) {
+  const box = document.createElement("textarea");
+  box.className = "comfy-multiline-input mmaudio-sync-report"; // ComfyUI's own text box look
+  box.readOnly = true; // readonly, not disabled: the paths in it stay selectable and copyable
+  box.spellcheck = false;
+  box.title = "The last report of this node (not saved with the workflow)";
+  Object.assign(box.style, {
+    width: "100%",
+    height: "100%",
+    boxSizing: "border-box",
+    resize: "none",
+    padding: "4px",
+    fontFamily: "monospace",
+    fontSize: "11px",
+    lineHeight: `${REPORT_LINE_HEIGHT}px`,
+    whiteSpace: "pre-wrap",
+  });
+
+  // value stays "": the report belongs to a run, and saved workflows keep only the node's declared inputs
+  const widget = node.addDOMWidget(REPORT_WIDGET, "mmaudio_report", box, {
+    serialize: false,
+    hideOnZoom: true,
+    getValue: () => "",
+    setValue: () => {},
+    getMinHeight: () => REPORT_MIN_HEIGHT,
+  });
+  widget.serialize = false;
+
+  return {
+    setText(text) {
+      box.value = text;
+      box.scrollTop = 0;
+      const width = Math.max(node.size?.[0] ?? 0, REPORT_MIN_WIDTH) - WIDGET_MARGIN;
+      fitReport(node, reportHeight(text, { width, lineHeight: REPORT_LINE_HEIGHT, minHeight: REPORT_MIN_HEIGHT }));
+      markDirty(node);
+    },
+  };
+}
+
 // ------------------------------------------------------------------------------------------- registration
 
 app.registerExtension({
@@ -361,6 +419,14 @@ app.registerExtension({
           this.__mmaudioTiming?.update(true);
         });
       }
+    } else if (name === DOWNLOAD_NODE) {
+      // the box appears with the first report, so a node that never ran stays compact
+      chain(nodeType.prototype, "onExecuted", function (message) {
+        const text = reportText(message);
+        if (text === null) return;
+        this.__mmaudioReport ??= addReportWidget(this);
+        this.__mmaudioReport.setText(text);
+      });
     }
   },
 });

@@ -286,7 +286,7 @@ class MMAudioSyncDownloadWeights(io.ComfyNode):
             ],
             outputs=[io.String.Output(display_name="report",
                                       tooltip="Which files were found or fetched, with their sizes and folders "
-                                              "(connect it to a Preview Any node to read it).")],
+                                              "(also shown on the node after it runs).")],
             is_output_node=True,
         )
 

@@ -1,5 +1,5 @@
 // The entry file (js/mmaudio_sync.js) against a stand-in of ComfyUI's app and a minimal DOM: it registers its
-// extension, adds its widgets to its two nodes only, and survives malformed payloads.
+// extension, adds its widgets to its own nodes only, and survives malformed payloads.
 import assert from "node:assert/strict";
 import { register } from "node:module";
 import { test } from "node:test";
@@ -180,6 +180,40 @@ test("encode node: a live timing line", async () => {
   for (const garbage of [undefined, null, { mmaudio_timing: [{}] }, { mmaudio_timing: "x" }]) node.onExecuted(garbage);
   node.onConfigure?.({});
   node.onConnectionsChange?.();
+});
+
+test("download node: the last report in a read-only box, created once", async () => {
+  let originalCalls = 0;
+  const type = await nodeClass("MMAudioSyncDownloadWeights", { onExecuted() { originalCalls++; } });
+  const variant = { name: "variant", value: "large_44k_v2" };
+  const node = new type([variant]);
+  node.onNodeCreated?.();
+  for (const nothing of [undefined, null, {}, { text: [] }, { text: [null] }, { images: [] }]) node.onExecuted(nothing);
+  assert.equal(originalCalls, 6);
+  assert.equal(node.widgets.length, 1, "no box before the first report");
+
+  node.onExecuted({ text: ["MMAudio large_44k_v2\nfound a\nfound b"] });
+  const box = node.widgets.find((w) => w.name === "mmaudio_report");
+  assert.ok(box);
+  assert.equal(box.serialize, false);
+  assert.equal(box.options.serialize, false);
+  assert.equal(box.options.getValue(), "", "nothing of the report goes into the workflow");
+  assert.equal(box.element.tagName, "TEXTAREA");
+  assert.equal(box.element.readOnly, true);
+  assert.equal(box.element.value, "MMAudio large_44k_v2\nfound a\nfound b");
+  assert.ok(node.size[0] >= 420 && node.size[1] > 200, `node grew to show the report: ${node.size}`);
+
+  const lines = Array.from({ length: 12 }, (_, i) => `fetched file ${i}`).join("\n");
+  node.onExecuted({ text: lines });
+  assert.equal(node.widgets.filter((w) => w.name === "mmaudio_report").length, 1);
+  assert.equal(box.element.value, lines);
+  const grown = node.size[1];
+
+  node.onExecuted({ text: ["short"] });
+  node.onExecuted({ text: null }); // no text: the last report stays
+  assert.equal(box.element.value, "short");
+  assert.equal(node.size[1], grown, "a shorter report never shrinks the node");
+  assert.deepEqual(node.widgets.map((w) => w.name), ["variant", "mmaudio_report"]);
 });
 
 test("no warnings on the happy path", () => {
