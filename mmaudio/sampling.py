@@ -92,6 +92,10 @@ def guided_velocity(net: MMAudioNetwork, conditions: Conditions, empty_condition
         raise InvalidInputError(f"cfg must be a finite number, got {cfg_strength!r}")
     compute_dtype = conditions.dtype
     cache: dict[int, Conditions] = {}
+    net.prepare_device_caches(conditions.device)
+    for prepared in (conditions, empty_conditions):  # outside the network's forward (a compiled one too)
+        if prepared is not None:
+            prepared.distinct_sync_rows()
 
     def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
@@ -102,6 +106,7 @@ def guided_velocity(net: MMAudioNetwork, conditions: Conditions, empty_condition
             joint = cache.get(batch)
             if joint is None:
                 joint = Conditions.concat([conditions.expand(batch), empty_conditions.expand(batch)])
+                joint.distinct_sync_rows()
                 cache[batch] = joint
         flow = guided_flow(net.predict_flow, latent, t_batch, conditions, empty_conditions, cfg_strength,
                            joint_conditions=joint, batched=batched)

@@ -115,6 +115,10 @@ class TimestepEmbedder(nn.Module):
             self._freqs_on_device[device] = freqs
         return freqs
 
+    def prepare(self, device: torch.device) -> None:
+        """Copy the frequencies to ``device`` ahead of the first call."""
+        self._freqs(device)
+
     def release_device_copies(self) -> None:
         """Forget the copies on compute devices (the float32 CPU frequencies stay)."""
         self._freqs_on_device.clear()

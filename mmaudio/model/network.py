@@ -167,6 +167,14 @@ class MMAudioNetwork(nn.Module):
         self._rotary = RotaryTables(self._config.head_dim)
         self._rotary.set_lengths(self._latent_seq_len, self._clip_seq_len)
 
+    def prepare_device_caches(self, device: torch.device | str) -> None:
+        """Copy the rotary and timestep tables to ``device`` now rather than on first use, so a compiled
+        ``predict_flow`` sees them already in place and is not compiled a second time."""
+        device = torch.device(device)
+        for stream in ("latent", "clip"):
+            self._rotary.get(stream, device)
+        self.t_embed.prepare(device)
+
     def release_device_caches(self) -> None:
         """Drop the rotary/timestep tables cached on compute devices (called after every generation and on
         every move of the module), so no tensor of ours stays on a GPU once the weights have been offloaded."""
