@@ -138,8 +138,9 @@ def format_report(report: dict[str, Any]) -> str:
             rows.append([r["variant"], row["setting"], f"{row['rel_l2']:.2e}", f"{row['cosine']:.6f}",
                          f"{row['max_abs']:.2e}"])
     if rows:
-        parts.append(f"Quality guard: final latents against ours fp32 two-pass "
-                     f"({results[0]['quality']['steps']} steps)")
+        q0 = results[0]["quality"]
+        parts.append(f"Quality guard: final latents against {q0['baseline']} ({q0['steps']} steps); "
+                     f"fast paths of our rows: {q0.get('fast_paths', 'off')}")
         parts.append(_table(["variant", "setting", "rel-L2", "cosine", "max |diff|"], rows))
     for target in report.get("targets", []):
         verdict = {True: "MET", False: "MISSED", None: "not measured"}[target["met"]]

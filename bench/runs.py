@@ -9,9 +9,10 @@ weights, features and noise. Interleaving the three keeps them under the same ma
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ class Settings:
     reference: ReferenceModules | None = None
     reference_error: str | None = None  # why the reference is not compared (when it was asked for)
     reference_dtype_name: str | None = None  # the reference's weights dtype; None: the same as ours
+    fast_paths: bool = True  # Winograd convolutions (CPU float32) and adaLN on distinct sync rows
     log: Callable[[str], None] = print
 
     @property
@@ -153,13 +155,36 @@ def _extract_features(work: Workload, settings: Settings, rec: RunRecorder) -> d
     return features
 
 
+@contextlib.contextmanager
+def arithmetic(fast: bool) -> Iterator[None]:
+    """Our library with its exact-but-reordered fast paths on, or off (the reference's order of operations):
+    Winograd F(2, 3) convolutions on a CPU and adaLN computed once per distinct sync row. A library without
+    them (an older checkout given with --library) is left as it is."""
+    try:
+        winograd = library_module("model.winograd")
+    except ImportError:
+        winograd = None
+    conditions = library_module("model.conditions")
+    threshold = getattr(conditions, "DISTINCT_ROWS_WORTHWHILE", None)
+    with winograd.use_winograd(fast) if winograd is not None else contextlib.nullcontext():
+        if threshold is not None and not fast:
+            conditions.DISTINCT_ROWS_WORTHWHILE = 0.0
+        try:
+            yield
+        finally:
+            if threshold is not None:
+                conditions.DISTINCT_ROWS_WORTHWHILE = threshold
+
+
 def run_ours(work: Workload, settings: Settings, *, steps: int, batched: bool, features: bool, decode: bool,
-             net: Any = None) -> tuple[dict[str, dict[str, Any]], torch.Tensor, dict[str, torch.Tensor]]:
-    """One generation with our library; returns the recorder's stage results, x1 and the features used."""
+             net: Any = None, fast: bool | None = None,
+             ) -> tuple[dict[str, dict[str, Any]], torch.Tensor, dict[str, torch.Tensor]]:
+    """One generation with our library; returns the recorder's stage results, x1 and the features used.
+    ``fast`` (default: the settings') switches the library's fast paths (see :func:`arithmetic`)."""
     sampling = library_module("sampling")
     net = net or work.net
     rec = RunRecorder(settings.device)
-    with torch.inference_mode():
+    with torch.inference_mode(), arithmetic(settings.fast_paths if fast is None else fast):
         inputs = _extract_features(work, settings, rec) if features and work.extractor is not None else work.inputs
         with rec.stage("conditions"):
             conditions, empty = sampling.build_conditions(
@@ -366,18 +391,20 @@ def _sampled(work: Workload, settings: Settings, dtype_name: str, cfg_mode: str,
             work.state_dict, _parse_dtype(dtype_name), settings.device)
         net.set_duration(settings.duration, work.spec.mode)
         _, x1, _ = run_ours(work, settings, steps=steps, batched=cfg_mode == "batched", features=False,
-                            decode=False, net=net)
+                            decode=False, net=net, fast=False if cfg_mode == "two_pass_plain" else None)
     work.outputs[key] = x1
     return x1
 
 
 def quality_guard(work: Workload, settings: Settings, ref_net: torch.nn.Module | None) -> dict[str, Any]:
-    """Each fast setting's final latents against our float32 two-pass result (the reference's arithmetic)."""
+    """Each fast setting's final latents against our float32 two-pass result with the fast paths off (the
+    reference's arithmetic, which it reproduces bit for bit)."""
     steps = settings.quality_steps or settings.steps
     ref_name = settings.reference_dtype_name or settings.dtype_name
     settings.log(f"[{work.spec.name}] quality guard ({steps} steps)")
-    baseline = _sampled(work, settings, "fp32", "two_pass", steps)
-    rows = [("fp32, batched guidance", "fp32", "batched")]
+    baseline = _sampled(work, settings, "fp32", "two_pass_plain", steps)
+    rows = [("fp32, two-pass guidance", "fp32", "two_pass")] if settings.fast_paths else []
+    rows.append(("fp32, batched guidance", "fp32", "batched"))
     rows += [(f"{d} weights, batched guidance", d, "batched") for d in settings.quality_dtypes if d != "fp32"]
     if settings.dtype_name not in ("fp32", *settings.quality_dtypes):
         rows.append((f"{settings.dtype_name} weights, batched guidance", settings.dtype_name, "batched"))
@@ -397,5 +424,8 @@ def quality_guard(work: Workload, settings: Settings, ref_net: torch.nn.Module |
             x1 = _sampled(work, settings, f"reference_{dtype_name}", "two_pass", steps, net)
             results.append({"setting": f"reference {dtype_name} (two-pass)", "dtype": dtype_name,
                             "guidance": "two_pass", **compare(x1, baseline)})
-    return {"baseline": "ours, fp32 weights, two-pass guidance", "steps": steps, "metric_on": "final latents x1",
+    fast = "Winograd convolutions and distinct-row adaLN" if settings.device.type == "cpu" else "distinct-row adaLN"
+    return {"baseline": "ours, fp32 weights, two-pass guidance, fast paths off", "steps": steps,
+            "fast_paths": fast if settings.fast_paths else "off",
+            "metric_on": "final latents x1",
             "rows": results}

@@ -90,7 +90,11 @@ def test_two_pass_timing_and_quality_guard(report: tuple[dict, str]) -> None:
     _positive(result["ratios"]["batched_over_two_pass"], "batched / two-pass")
     quality = result["quality"]
     rows = {row["setting"]: row for row in quality["rows"]}
-    assert {"fp32, batched guidance", "bf16 weights, batched guidance", "fp16 weights, batched guidance"} <= set(rows)
+    assert {"fp32, batched guidance", "fp32, two-pass guidance", "bf16 weights, batched guidance",
+            "fp16 weights, batched guidance"} <= set(rows)
+    assert "fast paths off" in quality["baseline"] and "Winograd" in quality["fast_paths"]
+    for setting in ("fp32, batched guidance", "fp32, two-pass guidance"):  # reordered float32 sums only
+        assert rows[setting]["rel_l2"] < 1e-4, (setting, rows[setting])
     for row in rows.values():
         assert row["finite"] and math.isfinite(row["rel_l2"]) and -1.0 <= row["cosine"] <= 1.0 + 1e-12
     # Batching the two guidance branches changes only the summation order of float32 matmuls.
