@@ -3,9 +3,10 @@
 Nothing is fetched at import or when ComfyUI lists the nodes: only running this output node downloads, and only
 files that are not already in an ``mmaudio`` model folder (name and published size). Downloads go to the first
 ``mmaudio`` folder through the library's checked download (staging folder, size and SHA-256 verification), with a
-byte-level progress bar. Cancel stops the node at once; the partial download lives only in the library's hidden
-staging folder, which is deleted as soon as its transfer thread ends, so no loader ever sees it. ``HF_HUB_OFFLINE``
-is honoured: nothing is downloaded and the error lists every missing file, its repository and the folder for it.
+byte-level progress bar. Cancel stops the node and the transfer (a child process) at once; the partial download
+lives only in the library's hidden staging folder, which is deleted before the node stops, so no loader ever sees
+it. ``HF_HUB_OFFLINE`` is honoured: nothing is downloaded and the error lists every missing file, its repository
+and the folder for it.
 """
 
 from __future__ import annotations

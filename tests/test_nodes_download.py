@@ -42,7 +42,7 @@ def files_under(folder: Path) -> list[str]:
 
 
 def wait_until_empty(folder: Path, expected: list[str], timeout_s: float = 15.0) -> list[str]:
-    """The library removes an abandoned download once its worker ends: wait for that, then report what is left."""
+    """What is left in ``folder``, once it is ``expected`` or ``timeout_s`` has passed."""
     deadline = time.monotonic() + timeout_s
     while files_under(folder) != expected and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -97,6 +97,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, payloads: dict[str, byt
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    # Downloads run in child processes that read HF_ENDPOINT: without this, huggingface_hub's telemetry would ask
+    # the fake Hub for its agent registry.
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     hub = FakeHub()
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     with stubbed_pack(tmp_path / "models") as pack:

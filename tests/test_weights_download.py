@@ -32,9 +32,21 @@ from mmaudio.weights import (
     known_files,
     verify_file,
 )
+from mmaudio.weights import download as download_module
 from mmaudio.weights.download import SIDECAR_SUFFIX, read_sidecar
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+WORKER_SCRIPT = download_module._WORKER_SCRIPT
+
+
+@dataclasses.dataclass
+class Transfer:
+    """One GET of a file body on the fake Hub: how much was sent, and whether the client went away part-way."""
+
+    size: int
+    sent: int = 0
+    broken: bool = False
+    ended: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 class FakeHub:
@@ -43,7 +55,10 @@ class FakeHub:
     def __init__(self) -> None:
         self.files: dict[tuple[str, str], bytes] = {}
         self.requests: list[str] = []
+        self.authorizations: list[str | None] = []
+        self.transfers: list[Transfer] = []
         self.delay_s = 0.0  # per chunk of the body, to make a download take a while
+        self.chunk_size: int | None = None  # bytes per chunk of the body; None: an eighth of it
         server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         server.daemon_threads = True
         self.server = server
@@ -65,6 +80,7 @@ class FakeHub:
 
             def _lookup(self) -> bytes | None:
                 hub.requests.append(f"{self.command} {self.path}")
+                hub.authorizations.append(self.headers.get("Authorization"))
                 parts = unquote(self.path.split("?", 1)[0]).lstrip("/").split("/")
                 if len(parts) < 5 or parts[2] != "resolve":
                     return None
@@ -93,10 +109,23 @@ class FakeHub:
                 self._headers(data)
                 if data is None:
                     return
-                step = max(1, len(data) // 8)
+                transfer = Transfer(len(data))
+                hub.transfers.append(transfer)
+                try:
+                    self._send_body(data, transfer)
+                except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+                    transfer.broken = True  # the client closed the connection part-way
+                    self.close_connection = True
+                finally:
+                    transfer.ended.set()
+
+            def _send_body(self, data: bytes, transfer: Transfer) -> None:
+                step = hub.chunk_size or max(1, len(data) // 8)
                 for start in range(0, len(data), step):
-                    self.wfile.write(data[start:start + step])
+                    chunk = data[start:start + step]
+                    self.wfile.write(chunk)
                     self.wfile.flush()
+                    transfer.sent = start + len(chunk)
                     if hub.delay_s:
                         time.sleep(hub.delay_s)
 
@@ -112,6 +141,7 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")  # else each download process asks the real Hub for a list
     fake = FakeHub()
     yield fake
     fake.close()
@@ -134,6 +164,14 @@ def fetch(hub: FakeHub, entry: KnownFile | str, folder: Path, tmp_path: Path, **
 
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) if folder.exists() else []
+
+
+def run_worker_after(prelude: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make downloads start a wrapper that runs ``prelude`` inside the download process, then the real worker
+    (a monkeypatch in this process cannot reach into that one)."""
+    wrapper = tmp_path / "worker_wrapper.py"
+    wrapper.write_text(f"{prelude}\nimport runpy\nrunpy.run_path({str(WORKER_SCRIPT)!r}, run_name='__main__')\n")
+    monkeypatch.setattr(download_module, "_WORKER_SCRIPT", wrapper)
 
 
 # ---- success -----------------------------------------------------------------------------------------------------
@@ -259,17 +297,59 @@ def test_missing_remote_file_names_file_repository_and_folder(hub: FakeHub, tmp_
 
 def test_unreachable_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     # huggingface_hub retries a refused connection with exponential back-off (about 25 s); skip the waiting.
-    http = pytest.importorskip("huggingface_hub.utils._http")
-    if hasattr(http, "time"):
-        monkeypatch.setattr(http.time, "sleep", lambda _s: None)
+    run_worker_after("import time\ntime.sleep = lambda _s: None", tmp_path, monkeypatch)
     closed = FakeHub()
     endpoint = closed.endpoint
     closed.close()
     entry = fake_entry(b"x")
-    with pytest.raises(MissingWeightsError, match="someone/weights"):
-        download_known_file(entry, tmp_path / "models", endpoint=endpoint, token=False, cache_dir=tmp_path / "c")
-    assert leftovers(tmp_path / "models") == []
+    folder = tmp_path / "models"
+    with pytest.raises(MissingWeightsError) as info:
+        download_known_file(entry, folder, endpoint=endpoint, token=False, cache_dir=tmp_path / "c")
+    message = str(info.value)
+    assert "model.safetensors" in message and "someone/weights" in message and str(folder) in message
+    assert "downloading it failed: " in message and "Error: " in message  # "<exception type>: <its message>"
+    assert leftovers(folder) == []
+
+
+def test_a_download_process_that_ends_without_a_result(hub: FakeHub, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed, crashed or unable to start: the error still names the file, and the process's last words."""
+    run_worker_after("import os, sys\nprint('disk on fire', file=sys.stderr, flush=True)\nos._exit(7)", tmp_path,
+                     monkeypatch)
+    entry = fake_entry(b"never fetched")
+    hub.add(entry.repo_id, entry.filename, b"never fetched")
+    folder = tmp_path / "models"
+    with pytest.raises(MissingWeightsError) as info:
+        fetch(hub, entry, folder, tmp_path)
+    message = str(info.value)
+    assert "someone/weights" in message and str(folder) in message and "exit code 7" in message
+    assert "disk on fire" in message and hub.requests == [] and leftovers(folder) == []
+
+
+def test_the_token_reaches_the_hub_but_not_the_command_line(hub: FakeHub, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(5_000)
+    entry = fake_entry(data)
+    hub.add(entry.repo_id, entry.filename, data)
+    started: list[tuple[list[str], dict[str, str] | None]] = []
+    real_popen = subprocess.Popen
+
+    def spy(args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        started.append(([str(a) for a in args], kwargs.get("env")))  # type: ignore[arg-type]
+        return real_popen(args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    token = "hf_not_a_real_token_0123456789"
+    path = download_known_file(entry, tmp_path / "models", endpoint=hub.endpoint, token=token,
+                               cache_dir=tmp_path / "hf-cache")
+    assert path.read_bytes() == data
+    assert f"Bearer {token}" in hub.authorizations
+    [(args, child_env)] = started
+    assert not any(token in arg for arg in args)  # a command line is visible to every user (ps)
+    assert child_env is None or token not in child_env.values()
+    assert child_env is None or child_env.get("NO_PROXY") == "127.0.0.1,localhost"  # proxies etc. are inherited
 
 
 def test_interrupting_from_the_progress_callback(hub: FakeHub, tmp_path: Path) -> None:
@@ -296,6 +376,67 @@ def test_interrupting_from_the_progress_callback(hub: FakeHub, tmp_path: Path) -
     while leftovers(folder) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert leftovers(folder) == []
+
+
+class CancelledError(Exception):
+    """Stands for ComfyUI's InterruptProcessingException."""
+
+
+@pytest.mark.parametrize("cancel", [CancelledError, KeyboardInterrupt])
+def test_cancel_stops_the_transfer_at_once(hub: FakeHub, tmp_path: Path, cancel: type[BaseException]) -> None:
+    """The transfer itself stops (the Hub sees the connection closed), not only the caller's wait."""
+    data = os.urandom(16 * 2**20)
+    entry = fake_entry(data)
+    hub.add(entry.repo_id, entry.filename, data)
+    hub.chunk_size, hub.delay_s = 16 * 1024, 0.025  # the whole body would take 26 s or more
+    raised: list[tuple[BaseException, float]] = []
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        # Cancel mid-transfer, by the Hub's count: huggingface_hub writes to disk in 10 MiB pieces only.
+        if stage == "download" and hub.transfers and hub.transfers[0].sent >= 256 * 1024:
+            raised.append((cancel("stop"), time.monotonic()))
+            raise raised[-1][0]
+
+    folder = tmp_path / "models"
+    with pytest.raises(cancel) as info:
+        fetch(hub, entry, folder, tmp_path, progress=progress)
+    assert info.value is raised[0][0]  # the callback's own exception, unchanged
+    assert time.monotonic() - raised[0][1] < 5
+    assert leftovers(folder) == []  # removed before the exception reached us
+    [transfer] = hub.transfers
+    assert transfer.ended.wait(5), "the Hub is still sending: the transfer goes on after the cancel"
+    assert transfer.broken and transfer.sent < len(data) // 4
+    assert time.monotonic() - raised[0][1] < 10
+
+
+def test_the_download_process_stops_when_its_caller_is_gone(hub: FakeHub, tmp_path: Path) -> None:
+    """The end of the worker's stdin (its caller killed, or restarted in place) stops it and removes its data."""
+    data = os.urandom(8 * 2**20)
+    entry = fake_entry(data)
+    hub.add(entry.repo_id, entry.filename, data)
+    hub.chunk_size, hub.delay_s = 16 * 1024, 0.025
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    request = {"repo_id": entry.repo_id, "filename": entry.filename, "revision": entry.revision,
+               "local_dir": str(staging), "endpoint": hub.endpoint, "token": False, "cache_dir": str(tmp_path / "c")}
+    worker = subprocess.Popen([sys.executable, str(WORKER_SCRIPT)], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert worker.stdin is not None
+        worker.stdin.write(json.dumps(request).encode() + b"\n")
+        worker.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not (hub.transfers and hub.transfers[0].sent >= 128 * 1024) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hub.transfers and worker.poll() is None
+        worker.stdin.close()
+        assert worker.wait(timeout=10) != 0
+        assert hub.transfers[0].ended.wait(5) and hub.transfers[0].sent < len(data) // 2
+        assert not staging.exists()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
 
 
 # ---- the catalogue ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Nothing here runs at import time, and nothing downloads unless :func:`download_known_file` is called. A download
 goes to a hidden staging folder inside the destination folder, is checked (size, then SHA-256 and MD5 where
 published; JSON fields for small config files) and only then moved into place, so a failed or tampered
-download never leaves a file that a loader could pick up. ``HF_HUB_OFFLINE=1`` is honoured: an offline
+download never leaves a file that a loader could pick up. The transfer runs in a child process (the script
+``_worker/hub_download.py``), so that a cancel stops it at once. ``HF_HUB_OFFLINE=1`` is honoured: an offline
 request fails at once with a message naming the file, where to get it and where to put it.
 """
 
@@ -14,12 +15,14 @@ import hashlib
 import json
 import os
 import shutil
-import threading
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..errors import MMAudioError, WrongCheckpointError
 from .known_files import KnownFile, known_file
@@ -41,7 +44,7 @@ class ChecksumMismatchError(WrongCheckpointError):
 
 
 class _DownloadFailedError(Exception):
-    """Carries an error raised by the download worker (as opposed to one raised by a progress callback)."""
+    """The download process failed (as opposed to a progress callback raising); its text is shown to users."""
 
 
 def hub_offline() -> bool:
@@ -170,52 +173,129 @@ def _staging_bytes(folder: Path) -> int:
     return total
 
 
-def _hub_download(entry: KnownFile, staging: Path, *, endpoint: str | None, token: str | bool | None,
-                  cache_dir: str | os.PathLike[str] | None) -> Path:
-    from huggingface_hub import hf_hub_download  # imported on demand: never at import time of the library
+_WORKER_SCRIPT = Path(__file__).resolve().parent / "_worker" / "hub_download.py"
+_STOP_WAIT_S = 2.0  # after terminate(), before kill()
+_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # Windows: no console window pops up for the worker
 
-    kwargs: dict[str, Any] = {"revision": entry.revision, "local_dir": staging, "endpoint": endpoint}
+
+def _failure_summary(type_name: str, message: str) -> str:
+    lines = message.strip().splitlines()
+    return f"{type_name}: {lines[0][:300] if lines else ''}"
+
+
+def _worker_request(entry: KnownFile, staging: Path, *, endpoint: str | None, token: str | bool | None,
+                    cache_dir: str | os.PathLike[str] | None) -> bytes:
+    """The worker's request line; the token goes here, never on its command line (which any user can read)."""
+    request: dict[str, Any] = {"repo_id": entry.repo_id, "filename": entry.filename, "revision": entry.revision,
+                               "local_dir": str(staging), "endpoint": endpoint}
     if token is not None:
-        kwargs["token"] = token
+        request["token"] = token
     if cache_dir is not None:
-        kwargs["cache_dir"] = cache_dir
-    return Path(hf_hub_download(entry.repo_id, entry.filename, **kwargs))
+        request["cache_dir"] = os.fspath(cache_dir)
+    return json.dumps(request).encode("utf-8") + b"\n"
 
 
-def _run_with_progress(work: Callable[[], Path], staging: Path, entry: KnownFile,
-                       progress: Progress | None) -> Path:
-    """Run ``work`` in a thread while reporting the staging folder's growth from the calling thread.
+def _start_worker(request: bytes, stdout: IO[bytes], stderr: IO[bytes]) -> subprocess.Popen[bytes]:
+    """Start the download process with our environment (proxies, HF_HOME...) and hand it ``request``.
 
-    Progress callbacks therefore run in the caller's thread (ComfyUI's progress bar and interrupt check expect
-    that); if a callback raises, the download is abandoned and its partial data removed when it ends.
+    Not ``multiprocessing``: inside ComfyUI, spawn would import ComfyUI's main module again and fork is unsafe with
+    threads and CUDA. Output goes to files, which never fill up and block it as a pipe could. Its stdin stays open:
+    the end of it tells the worker that we are gone.
     """
-    result: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            result["path"] = work()
-        except BaseException as error:  # handed to the calling thread
-            result["error"] = error
-
-    thread = threading.Thread(target=target, name=f"mmaudio-download-{entry.name}", daemon=True)
-    thread.start()
-    total = entry.expected_bytes
+    env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # progress is reported through ``progress``
     try:
-        while thread.is_alive():
-            thread.join(_POLL_S)
-            if progress is not None and thread.is_alive():
-                progress("download", _staging_bytes(staging), total)
-    except BaseException:
-        # The caller stopped us (interrupt): let the worker finish in the background, then clear its files.
-        def cleanup() -> None:
-            thread.join()
-            shutil.rmtree(staging, ignore_errors=True)
+        process = subprocess.Popen([sys.executable, str(_WORKER_SCRIPT)], stdin=subprocess.PIPE, stdout=stdout,
+                                   stderr=stderr, env=env, creationflags=_NO_WINDOW)
+    except OSError as error:
+        raise _DownloadFailedError(_failure_summary(type(error).__name__, str(error))) from error
+    assert process.stdin is not None
+    with contextlib.suppress(OSError):  # it ended at once: its exit code and error output say why
+        process.stdin.write(request)
+        process.stdin.flush()
+    return process
 
-        threading.Thread(target=cleanup, daemon=True).start()
-        raise
-    if "error" in result:
-        raise _DownloadFailedError() from result["error"]
-    return result["path"]
+
+def _wait_with_progress(process: subprocess.Popen[bytes], staging: Path, entry: KnownFile,
+                        progress: Progress | None) -> None:
+    """Wait for the worker, reporting the staging folder's growth from this thread (ComfyUI expects that)."""
+    total = entry.expected_bytes
+    while True:
+        try:
+            process.wait(_POLL_S)
+            return
+        except subprocess.TimeoutExpired:
+            if progress is not None:
+                progress("download", _staging_bytes(staging), total)
+
+
+def _stop_worker(process: subprocess.Popen[bytes]) -> None:
+    """End the worker now: terminate it, and kill it if it is still there after a moment."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(_STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _close_stdin(process: subprocess.Popen[bytes]) -> None:
+    if process.stdin is not None:
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+
+
+def _read_text(handle: IO[bytes]) -> str:
+    handle.seek(0)
+    return handle.read().decode("utf-8", errors="replace")
+
+
+def _last_report(output: str) -> dict[str, Any] | None:
+    """The worker's result line: the last line of its stdout that is a JSON object with ``ok`` (a library that
+    printed something before it does not matter)."""
+    for line in reversed(output.splitlines()):
+        with contextlib.suppress(ValueError):
+            report = json.loads(line)
+            if isinstance(report, dict) and "ok" in report:
+                return report
+    return None
+
+
+def _worker_result(process: subprocess.Popen[bytes], stdout: IO[bytes], stderr: IO[bytes], staging: Path) -> Path:
+    """The downloaded file from the ended worker's report; :class:`_DownloadFailedError` for any failure."""
+    report = _last_report(_read_text(stdout))
+    if report is None:  # killed, crashed, or the interpreter could not start it
+        errors = _read_text(stderr).strip().splitlines()
+        detail = f"; its last message: {errors[-1][:300]}" if errors else ""
+        raise _DownloadFailedError(f"the download process ended (exit code {process.returncode}) without a "
+                                   f"result{detail}")
+    if not report["ok"]:
+        raise _DownloadFailedError(_failure_summary(str(report.get("type")), str(report.get("message", ""))))
+    path = Path(str(report.get("path")))
+    if not path.resolve().is_relative_to(staging.resolve()):
+        raise _DownloadFailedError(f"the download process reported {path}, which is not in {staging}")
+    return path
+
+
+def _download_in_worker(entry: KnownFile, staging: Path, *, endpoint: str | None, token: str | bool | None,
+                        cache_dir: str | os.PathLike[str] | None, progress: Progress | None) -> Path:
+    """Download ``entry`` into ``staging`` in a child process; returns the downloaded file.
+
+    A process, not a thread, because only a process can be stopped: when ``progress`` raises (a cancel), the
+    transfer is ended at once, ``staging`` removed, and the exception passed on unchanged.
+    """
+    request = _worker_request(entry, staging, endpoint=endpoint, token=token, cache_dir=cache_dir)
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        process = _start_worker(request, stdout, stderr)
+        try:
+            _wait_with_progress(process, staging, entry, progress)
+        except BaseException:
+            _stop_worker(process)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            _close_stdin(process)
+        return _worker_result(process, stdout, stderr, staging)
 
 
 def download_known_file(
@@ -235,7 +315,8 @@ def download_known_file(
     another size is never overwritten unless ``force`` is given, which also downloads again. Companion
     files (BigVGAN's config.json) are fetched too. Raises :class:`MissingWeightsError` when offline or when the
     download fails, :class:`ChecksumMismatchError` when the downloaded bytes are not the published file; in
-    both cases nothing is left in ``folder``.
+    both cases nothing is left in ``folder``. An exception raised by ``progress`` (a cancel) ends the transfer
+    within about a second, removes its partial data and propagates unchanged.
     """
     entry = known_file(entry) if isinstance(entry, str) else entry
     folder = Path(folder)
@@ -263,17 +344,10 @@ def download_known_file(
         if progress is not None:
             progress("download", 0, entry.expected_bytes)
         try:
-            fetched = _run_with_progress(
-                lambda: _hub_download(entry, staging, endpoint=endpoint, token=token, cache_dir=cache_dir),
-                staging, entry, progress,
-            )
+            fetched = _download_in_worker(entry, staging, endpoint=endpoint, token=token, cache_dir=cache_dir,
+                                          progress=progress)
         except _DownloadFailedError as failed:
-            error = failed.__cause__
-            if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: not ours to translate
-                raise error from None
-            lines = str(error).strip().splitlines()
-            reason = f"downloading it failed: {type(error).__name__}: {lines[0][:300] if lines else ''}"
-            raise missing_weights_error(entry, folder, reason) from error
+            raise missing_weights_error(entry, folder, f"downloading it failed: {failed}") from failed
         size = fetched.stat().st_size
         if progress is not None:
             progress("download", size, size)
