@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         gen.add_argument(f"--{kind}", type=Path, help=f"explicit {kind} weights file")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     gen.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16", "fp8_e4m3fn"])
+    gen.add_argument("--compile", default="off", choices=["off", "compile", "cuda_graphs"],
+                     help="torch.compile the flow network (a minute or more on first use; cuda_graphs: also capture "
+                          "CUDA graphs). Falls back to the plain network if compiling fails")
     gen.add_argument("--quiet", action="store_true")
     return parser
 
@@ -133,7 +136,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
         result = pipeline.generate(
             prompts=[args.prompt], negative_prompt=args.negative_prompt, video=args.video,
             duration=args.duration, seed=args.seed, steps=args.steps, cfg=args.cfg, num_samples=args.samples,
-            mask_away_clip=args.mask_away_clip, progress=progress,
+            mask_away_clip=args.mask_away_clip, progress=progress, compile=args.compile,
         )
     finally:
         progress.close()

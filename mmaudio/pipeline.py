@@ -139,8 +139,10 @@ class MMAudioPipeline:
     def generate(self, *, prompts: Sequence[str], negative_prompt: str = "", video: Any = None,
                  frames: Any = None, fps: Any = None, times: Any = None, duration: float | None = None,
                  seed: int = 42, steps: int = DEFAULT_STEPS, cfg: float = DEFAULT_CFG, num_samples: int = 1,
-                 mask_away_clip: bool = False, progress: StageProgress | None = None) -> GenerationResult:
+                 mask_away_clip: bool = False, progress: StageProgress | None = None,
+                 compile: str = "off") -> GenerationResult:
         """Audio for one clip (or none: text-to-audio) and one or more prompts; ``num_samples`` per prompt.
+        ``compile`` ("off", "compile", "cuda_graphs") compiles the network's forward on first use.
 
         The clip is ``video`` (a file path or a binary file object), streamed: frames are chosen and resized as
         they are decoded, so the clip is never held whole at full resolution. Or ``frames`` with ``fps``/``times``.
@@ -185,7 +187,7 @@ class MMAudioPipeline:
                     text_f=pick(conditions.text_f),
                     negative_text_f=None if negative_f is None else negative_f.expand(num_samples, -1, -1),
                     mask_away_clip=mask_away_clip, batch_size=num_samples, num_steps=steps, cfg_strength=cfg,
-                    dtype=self.dtype, device=self.device,
+                    dtype=self.dtype, device=self.device, compile=compile,
                     callback=None if step_progress is None else
                     (lambda k, total, _x: step_progress(k + 1, total)),
                 )

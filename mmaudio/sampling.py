@@ -13,8 +13,9 @@ from collections.abc import Callable
 import torch
 
 from .errors import InvalidInputError
+from .model.compiled import compiled_flow
 from .model.conditions import Conditions
-from .model.guidance import guided_flow
+from .model.guidance import FlowFn, guided_flow
 from .model.network import MMAudioNetwork
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (t: 0-d float32, x) -> velocity like x
@@ -81,16 +82,18 @@ def euler_sample(velocity: VelocityFn, x0: torch.Tensor, num_steps: int, *,
 
 # ---- guided velocity -----------------------------------------------------------------------------------------
 def guided_velocity(net: MMAudioNetwork, conditions: Conditions, empty_conditions: Conditions | None,
-                    cfg_strength: float, *, batched: bool = True) -> VelocityFn:
+                    cfg_strength: float, *, batched: bool = True, flow: FlowFn | None = None) -> VelocityFn:
     """v(t, x) = cfg * flow(x | conditions) + (1 - cfg) * flow(x | empty), or the conditional flow when cfg < 1.
 
     Both branches go through one forward over a doubled batch (``batched=False`` runs them one after the other,
     for less memory). The network runs in the conditions' dtype; the returned velocity has x's dtype, so the
-    Euler state can stay in float32 under a bf16 network. t is passed to the network in float32.
+    Euler state can stay in float32 under a bf16 network. t is passed to the network in float32. ``flow`` replaces
+    ``net.predict_flow`` (a compiled forward, see :func:`mmaudio.model.compiled.compiled_flow`).
     """
     if not math.isfinite(cfg_strength):
         raise InvalidInputError(f"cfg must be a finite number, got {cfg_strength!r}")
     compute_dtype = conditions.dtype
+    predict_flow = flow or net.predict_flow
     cache: dict[int, Conditions] = {}
     net.prepare_device_caches(conditions.device)
     for prepared in (conditions, empty_conditions):  # outside the network's forward (a compiled one too)
@@ -108,9 +111,9 @@ def guided_velocity(net: MMAudioNetwork, conditions: Conditions, empty_condition
                 joint = Conditions.concat([conditions.expand(batch), empty_conditions.expand(batch)])
                 joint.distinct_sync_rows()
                 cache[batch] = joint
-        flow = guided_flow(net.predict_flow, latent, t_batch, conditions, empty_conditions, cfg_strength,
-                           joint_conditions=joint, batched=batched)
-        return flow.to(x.dtype)
+        velocity = guided_flow(predict_flow, latent, t_batch, conditions, empty_conditions, cfg_strength,
+                               joint_conditions=joint, batched=batched)
+        return velocity.to(x.dtype)
 
     return velocity
 
@@ -153,10 +156,12 @@ def build_conditions(net: MMAudioNetwork, *, clip_f: torch.Tensor | None = None,
 
 def sample(net: MMAudioNetwork, x0: torch.Tensor, conditions: Conditions, empty_conditions: Conditions | None, *,
            num_steps: int = DEFAULT_STEPS, cfg_strength: float = DEFAULT_CFG, callback: StepCallback | None = None,
-           batched_cfg: bool = True) -> torch.Tensor:
-    """Normalised latents x1 from noise x0 (call ``net.unnormalize`` before decoding)."""
+           batched_cfg: bool = True, compile: str = "off") -> torch.Tensor:
+    """Normalised latents x1 from noise x0 (call ``net.unnormalize`` before decoding). ``compile``: "off",
+    "compile" or "cuda_graphs" (torch.compile of the network's forward, kept for later generations)."""
     _check_steps(num_steps)
-    velocity = guided_velocity(net, conditions, empty_conditions, cfg_strength, batched=batched_cfg)
+    velocity = guided_velocity(net, conditions, empty_conditions, cfg_strength, batched=batched_cfg,
+                               flow=compiled_flow(net, compile))
     try:
         return euler_sample(velocity, x0, num_steps, callback=callback)
     finally:  # also after an error or an interrupt raised by the callback
@@ -168,7 +173,7 @@ def generate_latents(net: MMAudioNetwork, *, seed: int, clip_f: torch.Tensor | N
                      negative_text_f: torch.Tensor | None = None, mask_away_clip: bool = False,
                      batch_size: int | None = None, num_steps: int = DEFAULT_STEPS, cfg_strength: float = DEFAULT_CFG,
                      callback: StepCallback | None = None, dtype: torch.dtype | None = None,
-                     device: torch.device | str | None = None) -> torch.Tensor:
+                     device: torch.device | str | None = None, compile: str = "off") -> torch.Tensor:
     """The whole sampling stage: conditions, seeded noise, Euler integration, unnormalisation.
 
     Returns VAE latents [B, latent_seq_len, latent_dim] in float32 for the network's current sequence lengths.
@@ -179,5 +184,5 @@ def generate_latents(net: MMAudioNetwork, *, seed: int, clip_f: torch.Tensor | N
                                          batch_size=batch_size, dtype=dtype, device=device)
     x0 = initial_noise(seed, conditions.batch_size, net.latent_seq_len, net.latent_dim, device=conditions.device)
     x1 = sample(net, x0, conditions, empty if cfg_strength >= 1.0 else None, num_steps=num_steps,
-                cfg_strength=cfg_strength, callback=callback)
+                cfg_strength=cfg_strength, callback=callback, compile=compile)
     return net.unnormalize(x1.float())

@@ -350,7 +350,7 @@ def sample_latents(network: NetworkHandle, conditions: AudioConditions, seed: in
         noise = torch.cat([sampling.initial_noise(seed, samples, lengths.latent_seq_len, net.latent_dim)
                            for _ in range(prompts)]).to(device)
         x1 = sampling.sample(net, noise, cond, empty if cfg >= 1.0 else None, num_steps=steps, cfg_strength=cfg,
-                             callback=lambda k, total, _x: progress.set(k + 1))
+                             callback=lambda k, total, _x: progress.set(k + 1), compile=network.compile)
         latents = net.unnormalize(x1.float())
     return AudioLatents(
         latents=to_output(latents.float()), mode=network.mode, duration=lengths.duration,

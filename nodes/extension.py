@@ -12,7 +12,12 @@ import logging
 from comfy_api.latest import ComfyExtension, io
 
 from .download import MMAudioSyncDownloadWeights
-from .generation import MMAudioSyncDecode, MMAudioSyncEncodeConditions, MMAudioSyncSampler
+from .generation import (
+    MMAudioSyncCompileNetwork,
+    MMAudioSyncDecode,
+    MMAudioSyncEncodeConditions,
+    MMAudioSyncSampler,
+)
 from .loaders import MMAudioSyncDecoderLoader, MMAudioSyncFeatureModelsLoader, MMAudioSyncNetworkLoader
 from .model_folder import register_model_folder
 
@@ -24,6 +29,7 @@ CORE_NODES: list[type[io.ComfyNode]] = [
     MMAudioSyncDecoderLoader,
     MMAudioSyncEncodeConditions,
     MMAudioSyncSampler,
+    MMAudioSyncCompileNetwork,
     MMAudioSyncDecode,
     MMAudioSyncDownloadWeights,
 ]

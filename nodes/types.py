@@ -36,6 +36,7 @@ class NetworkHandle:
     latent_dim: int
     placement: Placement
     file_name: str
+    compile: str = "off"  # "off", "compile" or "cuda_graphs": set by MMAudio Compile Network
 
     @property
     def network(self) -> Any:

@@ -106,6 +106,10 @@ def test_targets_and_table(report: tuple[dict, str]) -> None:
     data, stdout = report
     names = [t["name"] for t in data["targets"]]
     assert any("paper" in n for n in names)
+    for issue_target in ("small_16k sampling <= 0.7x", "large_44k_v2 end to end (frames on the GPU to waveform), "
+                         "bf16, <= 0.5 s", "sampling >= 2x the reference", "peak GPU memory, bf16 weights, <= 4.5 GB",
+                         "peak GPU memory, fp8_e4m3fn weights, <= 3.5 GB"):
+        assert any(issue_target in n for n in names), issue_target
     # A CPU-only run of the tiny variant measures none of the issue's targets.
     assert all(t["met"] is None for t in data["targets"])
     for heading in ("variant", "end to end", "Quality guard", "Peak memory"):
@@ -135,3 +139,38 @@ def test_reference_runs_on_the_same_weights(tmp_path: Path) -> None:
     rows = {row["setting"]: row for row in result["quality"]["rows"]}
     # Our two-pass float32 path is the reference's arithmetic.
     assert rows["reference fp32 (two-pass)"]["rel_l2"] < 1e-5
+
+
+def _cuda_row(dtype: str, end_to_end_s: float, peak_bytes: float, ratio: float | None) -> dict:
+    return {"variant": "large_44k_v2", "device": "cuda:0", "dtype": dtype,
+            "stages": {"end_to_end": {"seconds": {"median": end_to_end_s}, "peak_bytes": peak_bytes}},
+            "ratios": {"sampling_over_reference": ratio} if ratio is not None else {}}
+
+
+def test_gpu_targets_are_judged_from_cuda_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verdicts a GPU run would get, from hand-made result rows (no GPU needed)."""
+    monkeypatch.syspath_prepend(str(REPO))
+    import torch
+
+    from bench import benchmark
+    from bench.runs import Settings
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device=None: "test GPU")
+    settings = Settings(device=torch.device("cuda"), log=lambda _msg: None)
+    results = [_cuda_row("bf16", 0.42, 4.2e9, 0.45), _cuda_row("fp8_e4m3fn", 0.47, 3.7e9, None)]
+    verdicts = {t["name"]: t["met"] for t in benchmark._targets(results, settings)}
+
+    def verdict(fragment: str) -> bool | None:
+        (found,) = [met for name, met in verdicts.items() if fragment in name]
+        return found
+
+    assert verdict("end to end (frames on the GPU to waveform)") is True
+    assert verdict("sampling >= 2x") is True
+    assert verdict("peak GPU memory, bf16") is True
+    assert verdict("peak GPU memory, fp8_e4m3fn") is False
+    assert verdict("small_16k sampling") is None  # no CPU row
+
+    slow = [_cuda_row("bf16", 0.8, 5e9, 0.6)]
+    verdicts = {t["name"]: t["met"] for t in benchmark._targets(slow, settings)}
+    assert verdict("end to end (frames") is False and verdict("sampling >= 2x") is False
+    assert verdict("peak GPU memory, bf16") is False and verdict("peak GPU memory, fp8") is None

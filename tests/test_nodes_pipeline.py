@@ -340,3 +340,27 @@ def test_narrow_precisions_store_layer_weights_narrow_and_still_sample(nodes, lo
     conditions, _ = encode(nodes, features, prompt="x")
     latents = sample(nodes, network, conditions, steps=2)
     assert torch.isfinite(latents.latents).all() and latents.latents.dtype == torch.float32
+
+
+def test_compile_node_routes_sampling_through_torch_compile(nodes, loaded, monkeypatch):
+    network, features, _ = loaded
+    conditions, _ = encode(nodes, features, prompt="rain", duration=1.0)
+    plain = sample(nodes, network, conditions)
+    compiled_calls = []
+    real_compile = torch.compile
+
+    def eager_compile(fn, **kwargs):  # traces with dynamo, runs without generating code
+        compiled_calls.append(kwargs.get("mode"))
+        return real_compile(fn, backend="eager", dynamic=False)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    compiled_network = nodes["MMAudioSyncCompileNetwork"].execute(network=network, mode="cuda_graphs")[0]
+    assert compiled_network.compile == "cuda_graphs" and network.compile == "off"
+    assert compiled_network.patcher is network.patcher  # the same weights under the memory manager
+    latents = sample(nodes, compiled_network, conditions)
+    assert compiled_calls == ["reduce-overhead"]
+    torch.testing.assert_close(latents.latents, plain.latents, rtol=1e-4, atol=1e-5)
+    off = nodes["MMAudioSyncCompileNetwork"].execute(network=network, mode="off")[0]
+    sample(nodes, off, conditions)
+    assert compiled_calls == ["reduce-overhead"]
+    torch._dynamo.reset()

@@ -23,6 +23,7 @@ EXPECTED_NODES = {
     "MMAudioSyncEncodeConditions": (["MMAUDIO_SYNC_FEATURE_MODELS"], ["MMAUDIO_SYNC_CONDITIONS", "FLOAT"]),
     "MMAudioSyncSampler": (["MMAUDIO_SYNC_NETWORK", "MMAUDIO_SYNC_CONDITIONS"], ["MMAUDIO_SYNC_LATENT"]),
     "MMAudioSyncDecode": (["MMAUDIO_SYNC_DECODER", "MMAUDIO_SYNC_LATENT"], ["AUDIO"]),
+    "MMAudioSyncCompileNetwork": (["MMAUDIO_SYNC_NETWORK"], ["MMAUDIO_SYNC_NETWORK"]),
 }
 KIJAI_IDS = {"MMAudioModelLoader", "MMAudioVoCoderLoader", "MMAudioFeatureUtilsLoader", "MMAudioSampler"}
 KIJAI_TYPES = {"MMAUDIO_MODEL", "VOCODER_MODEL", "MMAUDIO_FEATUREUTILS"}

@@ -325,7 +325,9 @@ class MMAudioNetwork(nn.Module):
     @staticmethod
     def _latent_condition(global_c: torch.Tensor, conditions: Conditions) -> Condition:
         """global_c + sync_f, the per-token condition of the latent stream, as distinct rows where they repeat."""
-        distinct = conditions.distinct_sync_rows()
+        # A compiled forward keeps every token: the number of distinct rows varies with the video, and each new
+        # count would compile the network again.
+        distinct = None if torch.compiler.is_compiling() else conditions.distinct_sync_rows()
         if distinct is None:
             return global_c + conditions.sync_f  # [B, L, D]
         return TokenCondition(global_c[distinct.sample, 0] + distinct.rows, distinct.index)
