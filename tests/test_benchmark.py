@@ -174,3 +174,17 @@ def test_gpu_targets_are_judged_from_cuda_rows(monkeypatch: pytest.MonkeyPatch) 
     verdicts = {t["name"]: t["met"] for t in benchmark._targets(slow, settings)}
     assert verdict("end to end (frames") is False and verdict("sampling >= 2x") is False
     assert verdict("peak GPU memory, bf16") is False and verdict("peak GPU memory, fp8") is None
+
+
+def test_memory_budget_adds_up() -> None:
+    """Weight bytes from meta-device builds: per stage, all resident, and fp8 halving the network."""
+    from bench.memory_budget import budget
+
+    bf16 = budget("small_16k", "bf16")
+    fp8 = budget("small_16k", "fp8_e4m3fn")
+    assert bf16["all_resident"] == sum(bf16["components"].values())
+    assert bf16["largest_stage"] == max(bf16["stages"].values()) == bf16["stages"]["features"]
+    # 157.3 M network parameters in bf16 (plus small float32-free buffers)
+    assert 2 * 157.2e6 < bf16["components"]["network"] < 2 * 157.5e6
+    assert 0.5 * bf16["components"]["network"] < fp8["components"]["network"] < 0.55 * bf16["components"]["network"]
+    assert fp8["components"]["clip"] == bf16["components"]["clip"]
