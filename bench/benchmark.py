@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tf32", action="store_true", help="CUDA fp32 without TF32 (the reference demo allows it)")
     p.add_argument("--no-two-pass", action="store_true", help="skip our two-pass guidance timing")
     p.add_argument("--no-quality", action="store_true", help="skip the quality guard")
+    p.add_argument("--staged", action="store_true",
+                   help="keep the models on the CPU and move each stage's models to the device for that stage "
+                        "only (the peak then holds one stage's weights; the moves are timed)")
     p.add_argument("--no-fast-paths", action="store_true",
                    help="time our library with Winograd convolutions and distinct-row adaLN off (A/B)")
     p.add_argument("--quality-dtypes", default=None,
@@ -239,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         features=args.features, video_size=args.video_size, video_fps=args.video_fps,
         decoder_dtype_name=dtype_name(args.decoder_dtype), compile=args.compile, compile_mode=args.compile_mode,
         two_pass=not args.no_two_pass, quality=not args.no_quality, fast_paths=not args.no_fast_paths,
+        staged=args.staged,
         quality_dtypes=tuple(dtype_name(d) for d in quality_dtypes.split(",") if d.strip()),
         quality_steps=args.quality_steps, log=log,
         reference_dtype_name=dtype_name(args.reference_dtype) if args.reference_dtype else None)
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "repeats": settings.repeats, "warmup": settings.warmup, "seed": settings.seed,
             "features": settings.features, "video_size": list(settings.video_size), "video_fps": settings.video_fps,
             "compile": settings.compile, "compile_mode": settings.compile_mode if settings.compile else None,
-            "fast_paths": settings.fast_paths,
+            "fast_paths": settings.fast_paths, "staged": settings.staged,
             "reference": str(args.reference) if args.reference else None,
             "reference_dtype": settings.reference_dtype_name or settings.dtype_name,
             "library": str(Path(library.__file__).parent),

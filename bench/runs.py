@@ -26,6 +26,8 @@ from bench.reference import build_reference_network, reference_sample
 
 FEATURE_STAGES = ("frames", "clip", "sync", "text")
 DECODE_STAGES = ("vae", "vocoder")
+STAGED_PARTS = ("features", "network", "decoder")  # --staged: moved to the device for their stage only
+MOVE_STAGES = tuple(f"{way}_{part}" for part in STAGED_PARTS for way in ("load", "unload"))
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Settings:
     reference_error: str | None = None  # why the reference is not compared (when it was asked for)
     reference_dtype_name: str | None = None  # the reference's weights dtype; None: the same as ours
     fast_paths: bool = True  # Winograd convolutions (CPU float32) and adaLN on distinct sync rows
+    staged: bool = False  # models wait on the CPU; each stage moves its own to the device (timed as stages)
     log: Callable[[str], None] = print
 
     @property
@@ -130,6 +133,10 @@ def build_workload(name: str, settings: Settings) -> Workload:
         frames = _synthetic_frames(settings, settings.seed)
     if settings.compile:
         net.predict_flow = torch.compile(net.predict_flow, mode=settings.compile_mode, dynamic=False)
+    if settings.staged:
+        for module in (net, decoder, extractor):
+            if module is not None:
+                module.to("cpu")
     x0 = sampling.initial_noise(settings.seed, settings.batch, lengths.latent_seq_len, spec.network.latent_dim,
                                 device=settings.device)
     return Workload(spec, lengths, state_dict, net, decoder, extractor, frames, x0,
@@ -153,6 +160,22 @@ def _extract_features(work: Workload, settings: Settings, rec: RunRecorder) -> d
         with rec.stage("text"):
             features["text_f"] = fx.encode_text(["the sound of the benchmark clip"])
     return features
+
+
+@contextlib.contextmanager
+def resident(module: torch.nn.Module | None, part: str, settings: Settings, rec: RunRecorder) -> Iterator[None]:
+    """With --staged, ``module`` on the device for the block and back on the CPU after it; both moves are timed
+    (and their memory measured) as stages of their own, so the end-to-end figure includes them."""
+    if not settings.staged or module is None:
+        yield
+        return
+    with rec.stage(f"load_{part}"):
+        module.to(settings.device)
+    try:
+        yield
+    finally:
+        with rec.stage(f"unload_{part}"):
+            module.to("cpu")
 
 
 @contextlib.contextmanager
@@ -185,19 +208,26 @@ def run_ours(work: Workload, settings: Settings, *, steps: int, batched: bool, f
     net = net or work.net
     rec = RunRecorder(settings.device)
     with torch.inference_mode(), arithmetic(settings.fast_paths if fast is None else fast):
-        inputs = _extract_features(work, settings, rec) if features and work.extractor is not None else work.inputs
-        with rec.stage("conditions"):
-            conditions, empty = sampling.build_conditions(
-                net, clip_f=inputs["clip_f"], sync_f=inputs["sync_f"], text_f=inputs["text_f"],
-                batch_size=settings.batch, dtype=net.compute_dtype, device=settings.device)
-        with rec.stage("sampling"):
-            x1 = sampling.sample(net, work.x0, conditions, empty, num_steps=steps, cfg_strength=settings.cfg,
-                                 callback=lambda _k, _n, _x: rec.step(), batched_cfg=batched)
+        if features and work.extractor is not None:
+            with resident(work.extractor, "features", settings, rec):
+                inputs = _extract_features(work, settings, rec)
+        else:
+            inputs = work.inputs
+        with resident(net, "network", settings, rec):
+            with rec.stage("conditions"):
+                conditions, empty = sampling.build_conditions(
+                    net, clip_f=inputs["clip_f"], sync_f=inputs["sync_f"], text_f=inputs["text_f"],
+                    batch_size=settings.batch, dtype=net.compute_dtype, device=settings.device)
+            with rec.stage("sampling"):
+                x1 = sampling.sample(net, work.x0, conditions, empty, num_steps=steps, cfg_strength=settings.cfg,
+                                     callback=lambda _k, _n, _x: rec.step(), batched_cfg=batched)
+            latents = net.unnormalize(x1.float())
         if decode:
-            with rec.stage("vae"):
-                mel = work.decoder.decode_mel(net.unnormalize(x1.float()))
-            with rec.stage("vocoder"):
-                wave = work.decoder.vocode(mel)[..., :work.lengths.num_audio_samples]
+            with resident(work.decoder, "decoder", settings, rec):
+                with rec.stage("vae"):
+                    mel = work.decoder.decode_mel(latents)
+                with rec.stage("vocoder"):
+                    wave = work.decoder.vocode(mel)[..., :work.lengths.num_audio_samples]
             if not bool(torch.isfinite(wave).all()):
                 settings.log(f"warning: {work.spec.name}: the decoded waveform is not finite")
     return rec.results(), x1.float().cpu(), {k: v.detach().cpu() for k, v in inputs.items()}
@@ -329,7 +359,7 @@ def measure_variant(name: str, settings: Settings) -> dict[str, Any]:
         "stages": {},
     }
     stages = out["stages"]
-    for stage in (*FEATURE_STAGES, "conditions", "sampling", *DECODE_STAGES):
+    for stage in (*FEATURE_STAGES, "conditions", "sampling", *DECODE_STAGES, *MOVE_STAGES):
         summary = _stage_summary(e2e_runs, stage)
         if summary is not None:
             # Later runs reuse memory the allocator kept, so the cold run shows what a stage really needs.
@@ -337,8 +367,8 @@ def measure_variant(name: str, settings: Settings) -> dict[str, Any]:
             stages[stage] = summary
     stages["features"] = _combined(e2e_runs, FEATURE_STAGES, first_run)
     stages["decoding"] = _combined(e2e_runs, DECODE_STAGES, first_run)
-    stages["end_to_end"] = _combined(e2e_runs, (*FEATURE_STAGES, "conditions", "sampling", *DECODE_STAGES),
-                                     first_run)
+    stages["end_to_end"] = _combined(e2e_runs, (*FEATURE_STAGES, "conditions", "sampling", *DECODE_STAGES,
+                                                *MOVE_STAGES), first_run)
     if stages["features"] is None:
         stages.pop("features")
         out["features_note"] = "feature extraction skipped (--features none): random features of the real shapes"

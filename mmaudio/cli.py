@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         gen.add_argument(f"--{kind}", type=Path, help=f"explicit {kind} weights file")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     gen.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16", "fp8_e4m3fn"])
+    gen.add_argument("--offload", action="store_true",
+                     help="keep the models on the CPU between their stages: the GPU holds one stage's models at a "
+                          "time (for small GPUs; costs the transfers)")
     gen.add_argument("--compile", default="off", choices=["off", "compile", "cuda_graphs"],
                      help="torch.compile the flow network (a minute or more on first use; cuda_graphs: also capture "
                           "CUDA graphs). Falls back to the plain network if compiling fails")
@@ -132,7 +135,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
         files = _resolve_files(args, progress)
         if args.video is not None:  # probed before any weights load, so a bad file fails fast
             media.probe_video(args.video)
-        pipeline = MMAudioPipeline.from_files(files, device=args.device, precision=args.precision)
+        pipeline = MMAudioPipeline.from_files(files, device=args.device, precision=args.precision,
+                                              offload=args.offload)
         result = pipeline.generate(
             prompts=[args.prompt], negative_prompt=args.negative_prompt, video=args.video,
             duration=args.duration, seed=args.seed, steps=args.steps, cfg=args.cfg, num_samples=args.samples,

@@ -188,3 +188,13 @@ def test_memory_budget_adds_up() -> None:
     assert 2 * 157.2e6 < bf16["components"]["network"] < 2 * 157.5e6
     assert 0.5 * bf16["components"]["network"] < fp8["components"]["network"] < 0.55 * bf16["components"]["network"]
     assert fp8["components"]["clip"] == bf16["components"]["clip"]
+
+
+def test_staged_run_times_the_moves_of_every_stage(tmp_path: Path) -> None:
+    data, _ = _run(tmp_path, "--staged", "--no-quality", "--no-two-pass", "--repeats", "1")
+    assert data["settings"]["staged"] is True
+    result = data["results"][0]
+    for part in ("features", "network", "decoder"):
+        for way in ("load", "unload"):
+            _positive(result["stages"][f"{way}_{part}"]["seconds"]["median"], f"{way}_{part}")
+    assert {"load_network", "unload_decoder"} <= set(result["stages"]["end_to_end"]["stages"])

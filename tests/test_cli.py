@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from mmaudio.cli import main
 from mmaudio.features.frames import plan_frames
@@ -108,3 +109,48 @@ def test_missing_weights_without_download_name_the_file(tmp_path, capsys) -> Non
     assert code == 2
     err = capsys.readouterr().err
     assert "mmaudio_large_44k_v2" in err and str(tmp_path / "empty") in err
+
+
+def test_offload_moves_each_stage_and_gives_the_same_audio(models, monkeypatch) -> None:
+    """On a CPU the moves change nothing, so the test records which models each stage moves, and in what order."""
+    from mmaudio.pipeline import ComponentFiles, MMAudioPipeline
+
+    files = ComponentFiles(**models)
+    plain = MMAudioPipeline.from_files(files, device="cpu").generate(prompts=["rain"], duration=1.0, steps=2)
+    staged = MMAudioPipeline.from_files(files, device="cpu", offload=True)
+    names = {id(staged.features): "features", id(staged.network): "network", id(staged.decoder): "decoder"}
+    moves: list[tuple[str, str]] = []
+    real_to = torch.nn.Module.to
+
+    def recording_to(module, *args, **kwargs):
+        if id(module) in names:
+            moves.append((names[id(module)], str(args[0] if args else kwargs.get("device"))))
+        return real_to(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", recording_to)
+    result = staged.generate(prompts=["rain"], duration=1.0, steps=2)
+    assert moves == [("features", "cpu"), ("features", "cpu"), ("network", "cpu"), ("network", "cpu"),
+                     ("decoder", "cpu"), ("decoder", "cpu")]
+    assert torch.equal(result.waveform, plain.waveform)
+
+
+def test_offload_returns_the_models_after_an_error(models, monkeypatch) -> None:
+    from mmaudio.pipeline import ComponentFiles, MMAudioPipeline
+
+    staged = MMAudioPipeline.from_files(ComponentFiles(**models), device="cpu", offload=True)
+    returned: list[str] = []
+    real_to = torch.nn.Module.to
+
+    def recording_to(module, *args, **kwargs):
+        if module is staged.network:
+            returned.append(str(args[0] if args else kwargs.get("device")))
+        return real_to(module, *args, **kwargs)
+
+    def failing_sampler(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(torch.nn.Module, "to", recording_to)
+    monkeypatch.setattr("mmaudio.pipeline.generate_latents", failing_sampler)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        staged.generate(prompts=["rain"], duration=1.0, steps=2)
+    assert returned == ["cpu", "cpu"]  # moved for the stage, then back despite the error
