@@ -40,7 +40,7 @@ from .types import (
     FeatureModelsHandle,
     NetworkHandle,
 )
-from .video_files import unedited_file_of
+from .video_files import file_view_of
 
 log = logging.getLogger(__name__)
 
@@ -200,12 +200,14 @@ def visual_source(images: torch.Tensor | None, fps: float | None, video: Any | N
         raise InvalidInputError("connect either video or images (with fps), not both")
     if video is not None:
         # A file-backed VIDEO is streamed from its file with the file's own timestamps (exact for variable frame
-        # rates): frames are chosen and resized while decoding, so a long or 4K clip is never held whole.
-        source = unedited_file_of(video)
-        if source is not None:
+        # rates): frames are chosen and resized while decoding, so a long or 4K clip is never held whole. A trimmed
+        # one reads only its window, which keeps the frames get_components() would keep, timed the same way.
+        view = file_view_of(video)
+        if view is not None:
             # Probed only (a bad file fails here); streamed chunk by chunk when the features are extracted.
-            return VisualSource(VideoFile.open(source, duration=duration), None, None, "video")
-        components = video.get_components()
+            file = VideoFile.open(view.source, duration=duration, start=view.start, length=view.length)
+            return VisualSource(file, None, None, "video")
+        components = video.get_components()  # frame edits (crop, resize) or no file: only this has the pixels
         images, fps = components.images, components.frame_rate
     if images is None:
         return None

@@ -197,6 +197,100 @@ def test_unlimited_rule_fills_a_few_slots_beyond_the_plan_and_keeps_them_in_plac
     assert_same(grown.finish(), prepared, "grown buffers")
 
 
+# ----------------------------------------------------------------------------------------------- trim windows
+
+
+def comfy_trim(video: media.VideoFrames, start: float, length: float | None) -> list[int]:
+    """Rows of a whole decode that ComfyUI's trimmed ``get_components()`` keeps: int(start/tb) <= pts < end."""
+    first = int(start / video.time_base)
+    end = None if length is None else int((start + length) / video.time_base)
+    return [i for i, pts in enumerate(video.pts.tolist()) if pts >= first and (end is None or pts < end)]
+
+
+def decode_window(path: Path, start: float, length: float | None, duration: float | None = None,
+                  max_duration: float | None = None) -> fr.PreparedFrames:
+    """The whole decode cut to the window and timed from its first frame (exact: pts differences times tb),
+    up to ``max_duration`` seconds into the window as a streamed read stops."""
+    video = media.read_video_frames(path)
+    rows = comfy_trim(video, start, length)
+    pts = video.pts[rows].tolist()
+    times = [float((p - pts[0]) * video.time_base) for p in pts]
+    if max_duration is not None:
+        rows = [r for r, t in zip(rows, times, strict=True) if t <= max_duration]
+        times = times[:len(rows)]
+    plan = fr.plan_frames(len(rows), times=times, duration=duration)
+    return fr.prepare_frames(video.frames[rows], plan)
+
+
+TRIMS = [  # (clip, start, length, requested duration): starts on and between frames, windows past the end
+    ("30fps", 1.0, 1.5, None),  # on a frame boundary
+    ("29.97fps", 0.51, 1.9, None),  # between frames (the first kept frame is 0.024 s after the start)
+    ("29.97fps", 0.51, None, 1.2),  # to the end, with a requested duration
+    ("24fps", 1.23, 10.0, None),  # between frames and running past the end of the file
+    ("12fps", 0.05, 60.0, None),
+    ("vfr", 0.37, 1.6, None),
+]
+
+
+@pytest.mark.parametrize(("name", "start", "length", "duration"), TRIMS)
+def test_trim_window_streams_the_whole_decode_cut_to_the_window(clips: dict[str, Path], name: str, start: float,
+                                                                 length: float | None,
+                                                                 duration: float | None) -> None:
+    path = clips[name]
+    file = VideoFile.open(path, duration=duration, start=start, length=length, chunk_size=4)
+    got = file.prepare()
+    want = decode_window(path, start, length, duration, max_duration=file.max_duration)
+    assert_same(got, want, f"{name} [{start}, +{length})")
+    assert file.timestamps is not None and file.timestamps[0].item() == 0.0, "timed from the window's first frame"
+    assert abs(file.expected_duration - min(duration or math.inf, file.window.seconds_of(file.info))) < 1e-9
+    if name != "vfr":  # a constant rate: the same frames as ComfyUI's trimmed components at their frame rate
+        video = media.read_video_frames(path)
+        components = fr.plan_frames(len(comfy_trim(video, start, length)), video.fps, duration=duration)
+        assert got.plan.clip_indices == components.clip_indices
+        assert got.plan.sync_indices == components.sync_indices
+        assert got.plan.duration == components.duration
+
+
+def test_trim_window_is_cut_by_pts_like_comfyui(clips: dict[str, Path]) -> None:
+    """Boundaries: a frame exactly at the start is kept, one exactly at the end is not; starting between frames
+    takes the next one; a window running past the end stops at the last frame."""
+    path = clips["30fps"]  # 91 frames at 1/30 s
+    video = media.read_video_frames(path)
+
+    pts = video.pts.tolist()
+
+    def kept(start: float, length: float | None) -> list[int]:
+        chunks = media.iter_video_frames(path, chunk_size=16, window=media.TimeWindow(start, length))
+        return [pts.index(p) for chunk in chunks for p in chunk.pts.tolist()]
+
+    assert kept(1.0, 0.5) == comfy_trim(video, 1.0, 0.5) == list(range(30, 45))
+    assert kept(1.01, 0.5) == comfy_trim(video, 1.01, 0.5) and kept(1.01, 0.5)[0] == 31
+    assert kept(2.5, 100.0) == comfy_trim(video, 2.5, 100.0) == list(range(75, 91))
+    assert kept(0.0, 1.0) == list(range(30)), "a trim of only the end keeps the start"
+    window = torch.cat([c.frames for c in media.iter_video_frames(path, window=media.TimeWindow(1.0, 0.5))])
+    assert torch.equal(window, video.frames[30:45]), "the pixels of those frames"
+
+
+def test_bad_trim_windows_are_rejected(clips: dict[str, Path]) -> None:
+    with pytest.raises(InvalidInputError, match="trim window"):
+        VideoFile.open(clips["30fps"], start=50.0).prepare()
+    with pytest.raises(InvalidInputError, match="window start"):
+        VideoFile.open(clips["30fps"], start=-1.0)
+    with pytest.raises(InvalidInputError, match="window length"):
+        VideoFile.open(clips["30fps"], start=1.0, length=0.0)
+
+
+def test_longest_bounds_a_trimmed_clip(clips: dict[str, Path]) -> None:
+    path = clips["30fps"]  # ~3 s
+    file = VideoFile.open(path, start=0.5, longest=2.0)  # 2.5 s of the file are left after the start
+    assert file.duration == 2.0 and file.window == media.TimeWindow(0.5, None)
+    assert VideoFile.open(path, start=1.5, longest=2.0).duration is None  # 1.5 s left: its own length
+    again = file.for_duration(1.0)
+    assert again.window == file.window and again.duration == 1.0
+    want = decode_window(path, 0.5, None, 1.0, max_duration=again.max_duration)
+    assert_same(again.prepare(), want, "for_duration keeps the trim")
+
+
 # ----------------------------------------------------------------------------------------------- memory
 
 
@@ -395,3 +489,55 @@ def test_node_layer_streams_a_file_backed_video(clips: dict[str, Path], tmp_path
             utils.set_progress_bar_global_hook(None)
             mm.interrupt_current_processing(False)
         assert len(pulled) == 2, "a Cancel takes effect at the next chunk"
+
+
+class TrimmedFileVideo:
+    """ComfyUI's VideoFromFile as a trimmed view: the whole file behind it, the trim beside it, and
+    ``get_components()`` keeping the frames ComfyUI keeps, at the stream's frame rate."""
+
+    def __init__(self, path: Path, start: float, duration: float, *, edited: bool = False) -> None:
+        self.path, self.start, self.duration, self.edited = path, start, duration, edited
+        self.components_calls = 0
+
+    def get_stream_source(self) -> str:
+        return str(self.path)
+
+    def get_active_trim_window(self) -> tuple[float, float]:
+        return self.start, self.duration
+
+    def has_pending_frame_edits(self) -> bool:
+        return self.edited
+
+    def get_components(self):  # type: ignore[no-untyped-def]
+        self.components_calls += 1
+        video = media.read_video_frames(self.path)
+        rows = comfy_trim(video, self.start, self.duration or None)
+        return sys.modules["comfy_api.latest"].Types.VideoComponents(images=video.frames[rows].float() / 255,
+                                                                     frame_rate=video.fps)
+
+
+@pytest.mark.parametrize(("start", "duration"), [(0.51, 1.9), (1.0, 0.0), (0.0, 2.2)])
+def test_node_layer_streams_a_trimmed_file_video_like_its_components(clips: dict[str, Path], tmp_path: Path,
+                                                                     start: float, duration: float) -> None:
+    """A trimmed VIDEO (core Trim Video) is read from its file with the trim applied, never decoded whole, and
+    gives the frames that its ``get_components()`` gives; one with frame edits still goes through those."""
+    from .pack_loader import PACK_NAME, stubbed_pack
+
+    with stubbed_pack(tmp_path) as _pack:
+        adapters = sys.modules[f"{PACK_NAME}.nodes.adapters"]
+        latest = sys.modules["comfy_api.latest"]
+        trimmed = TrimmedFileVideo(clips["29.97fps"], start, duration)
+
+        source = adapters.visual_source(None, None, trimmed, None)
+        assert source.file is not None and (source.file.window.start, source.file.window.length) == (
+            start, duration or None)
+        prepared, _, _ = adapters._stream_file(source, None, False)
+        assert trimmed.components_calls == 0, "streamed from the file, not decoded whole"
+
+        whole = adapters.visual_source(None, None, latest.InputImpl.VideoFromComponents(trimmed.get_components()),
+                                       None)
+        plan = fr.plan_frames(fr.frame_count(whole.frames), whole.fps)
+        assert_same(prepared, fr.prepare_frames(whole.frames, plan), f"trim ({start}, {duration})")
+
+        edited = TrimmedFileVideo(clips["29.97fps"], start, duration, edited=True)
+        assert adapters.visual_source(None, None, edited, None).file is None and edited.components_calls == 1

@@ -327,6 +327,53 @@ def test_video_file_is_read_with_its_timestamps(tmp_path, nodes, loaded):
     assert conditions.sync_features.shape == (1, 8, 768)
 
 
+def test_trimmed_video_file_gives_the_conditions_of_its_trimmed_frames(tmp_path, nodes, loaded):
+    """A trimmed file-backed VIDEO (core Trim Video) is streamed from its file with the trim applied and gives
+    the conditions of what its get_components() holds: the frames with int(start/tb) <= pts < int(end/tb), at the
+    stream's frame rate (so timed from the first kept frame)."""
+    import av
+    import numpy as np
+
+    path = tmp_path / "trim.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        ys, xs = np.mgrid[0:48, 0:64]
+        for i in range(40):
+            image = np.stack([(xs * 4 + i * 9) % 256, (ys * 5 + i * 3) % 256, np.full_like(xs, i * 6)], -1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image.astype(np.uint8), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    start, length = 0.3, 0.9  # the start falls between frames 7 and 8
+
+    class TrimmedVideo:  # what core Trim Video hands over: a view of the whole file
+        def get_stream_source(self):
+            return str(path)
+
+        def get_active_trim_window(self):
+            return start, length
+
+        def has_pending_frame_edits(self):
+            return False
+
+        def get_components(self):
+            raise AssertionError("a trimmed file-backed VIDEO must be streamed from its file")
+
+    whole = mod(f"{PACK_NAME}.mmaudio.media").read_video_frames(path)
+    kept = (whole.pts >= int(start / whole.time_base)) & (whole.pts < int((start + length) / whole.time_base))
+    latest = mod("comfy_api.latest")
+    components = latest.InputImpl.VideoFromComponents(latest.Types.VideoComponents(
+        images=whole.frames[kept].float() / 255, frame_rate=whole.fps))
+
+    _, features, _ = loaded
+    got, got_duration = encode(nodes, features, video=TrimmedVideo(), duration=0.0, prompt="steps")
+    want, want_duration = encode(nodes, features, video=components, duration=0.0, prompt="steps")
+    assert int(kept.sum()) == 22 and got_duration == want_duration and 0.8 <= got_duration <= 0.88
+    assert torch.equal(got.clip_features, want.clip_features)
+    assert torch.equal(got.sync_features, want.sync_features)
+
+
 # ---- precision ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("precision", ["fp16", "fp8_e4m3fn"])
 def test_narrow_precisions_store_layer_weights_narrow_and_still_sample(nodes, loaded, files, precision):

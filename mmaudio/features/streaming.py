@@ -10,6 +10,9 @@ Why the result is exactly that of :func:`~.frames.prepare_frames` on the whole c
 the clocks stop where the reference reader stops; without one they run to the end of the stream, which selects
 every slot up to the clip's last frame, and the final plan (:func:`~.frames.plan_frames` over every timestamp) is a
 prefix of those slots. So every slot of the final plan has its source frame resized, by the same functions.
+
+A :class:`VideoFile` may be a trimmed stretch of its file (:class:`~..media.reading.TimeWindow`): the clip is then
+that stretch's frames, timed from its first one, and the same holds with "clip" meaning the stretch.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidInputError
-from ..media.reading import FrameChunk, VideoInfo, iter_video_frames, probe_video
+from ..media.reading import WHOLE_FILE, FrameChunk, TimeWindow, VideoInfo, iter_video_frames, probe_video
 from ..media.sources import MediaSource
 from .frames import (
     CLIP_FPS,
@@ -264,7 +267,9 @@ class VideoFile:
     """A video file to stream into the feature extractors: its probed facts and how much of it to read.
 
     ``duration`` is the requested duration (None: the clip's length); decoding stops ``DECODE_MARGIN_S`` after it
-    (or after ``longest`` when none is given). After :meth:`prepare`, ``timestamps`` holds every frame time read.
+    (or after ``longest`` when none is given). ``window`` is the stretch of the file to read (a trim; see
+    :class:`~..media.reading.TimeWindow`): the clip is then that stretch, timed from its first frame. After
+    :meth:`prepare`, ``timestamps`` holds every frame time read.
     """
 
     source: MediaSource
@@ -272,49 +277,54 @@ class VideoFile:
     duration: float | None
     max_duration: float | None
     chunk_size: int
+    window: TimeWindow = WHOLE_FILE
     timestamps: torch.Tensor | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, source: MediaSource, *, duration: float | None = None, longest: float | None = None,
-             chunk_size: int | None = None) -> VideoFile:
+             chunk_size: int | None = None, start: float = 0.0, length: float | None = None) -> VideoFile:
         """Probe ``source`` (an unreadable file fails here, before any model is loaded).
 
-        ``longest`` bounds a clip-length duration: a file longer than that gets ``duration = longest``, and
+        ``longest`` bounds a clip-length duration: a clip longer than that gets ``duration = longest``, and
         without a duration decoding stops ``DECODE_MARGIN_S`` after ``longest`` whatever the header says.
+        ``start`` and ``length`` (seconds; None: to the end) trim the file, as ComfyUI trims a VIDEO.
         """
-        return cls._with(source, probe_video(source), duration, longest, chunk_size)
+        return cls._with(source, probe_video(source), duration, longest, chunk_size, TimeWindow(start, length))
 
     def for_duration(self, duration: float | None, *, longest: float | None = None) -> VideoFile:
-        """The same file (not probed again) read for another requested duration."""
-        return self._with(self.source, self.info, duration, longest, self.chunk_size)
+        """The same file and trim (not probed again) read for another requested duration."""
+        return self._with(self.source, self.info, duration, longest, self.chunk_size, self.window)
 
     @classmethod
     def _with(cls, source: MediaSource, info: VideoInfo, duration: float | None, longest: float | None,
-              chunk_size: int | None) -> VideoFile:
+              chunk_size: int | None, window: TimeWindow) -> VideoFile:
         requested = check_duration(duration)
         bound = check_duration(longest)
-        if requested is None and bound is not None and info.duration > bound:
-            log.warning("the video lasts %.1f s; using its first %.1f s", info.duration, bound)
+        seconds = window.seconds_of(info)
+        if requested is None and bound is not None and seconds > bound:
+            log.warning("the video lasts %.1f s; using its first %.1f s", seconds, bound)
             requested = bound
         limit = requested if requested is not None else bound
         size = chunk_size if chunk_size is not None else decode_chunk_size(info.height, info.width)
         if size < 1:
             raise InvalidInputError(f"chunk_size must be at least 1, got {size}")
-        return cls(source=source, info=info, duration=requested,
+        return cls(source=source, info=info, duration=requested, window=window,
                    max_duration=None if limit is None else limit + DECODE_MARGIN_S, chunk_size=size)
 
     @property
     def expected_frames(self) -> int:
         """Frames the decoder should give (from the header; a progress total, not a promise)."""
         count = self.info.frame_count
+        if not self.window.is_whole:
+            count = min(count, math.floor(self.window.seconds_of(self.info) * self.info.fps) + 1)
         if self.max_duration is not None:
             count = min(count, math.floor(self.max_duration * self.info.fps) + 2)
         return max(1, count)
 
     @property
     def expected_duration(self) -> float:
-        """Seconds the features should cover (the requested duration, cut to the file's length)."""
-        length = self.info.duration
+        """Seconds the features should cover (the requested duration, cut to the clip's length)."""
+        length = self.window.seconds_of(self.info)
         return length if self.duration is None else min(self.duration, length)
 
     @property
@@ -323,8 +333,9 @@ class VideoFile:
         return self.expected_frames if self.timestamps is None else int(self.timestamps.numel())
 
     def chunks(self) -> Iterator[FrameChunk]:
-        """Decoded chunks of ``chunk_size`` frames, up to ``max_duration``."""
-        return iter_video_frames(self.source, max_duration=self.max_duration, chunk_size=self.chunk_size)
+        """Decoded chunks of ``chunk_size`` frames of the window, up to ``max_duration``."""
+        return iter_video_frames(self.source, max_duration=self.max_duration, chunk_size=self.chunk_size,
+                                 window=self.window)
 
     def prepare(self, *, progress: Progress | None = None) -> PreparedFrames:
         """Decode, choose and resize in one pass (see :class:`FrameStreamer`); records ``timestamps``."""

@@ -13,16 +13,27 @@ from .muxing import (
     mux_audio_into_video,
     resolve_output_paths,
 )
-from .reading import FrameChunk, VideoFrames, VideoInfo, iter_video_frames, probe_video, read_video_frames
+from .reading import (
+    WHOLE_FILE,
+    FrameChunk,
+    TimeWindow,
+    VideoFrames,
+    VideoInfo,
+    iter_video_frames,
+    probe_video,
+    read_video_frames,
+)
 from .sources import MediaSource, as_frame_rate
 
 __all__ = [
     "AUDIO_ENCODERS",
     "AUDIO_FILE_FORMATS",
     "CONTAINERS",
+    "WHOLE_FILE",
     "FrameChunk",
     "MediaSource",
     "ProgressCallback",
+    "TimeWindow",
     "VideoFrames",
     "VideoInfo",
     "as_frame_rate",

@@ -68,6 +68,49 @@ class VideoFrames:
     fps: Fraction
 
 
+@dataclass(frozen=True)
+class TimeWindow:
+    """The stretch ``[start, start + length)`` of a file's timeline (seconds) that a trimmed video shows.
+
+    Read the way ComfyUI's ``VideoFromFile.get_components()`` reads a trim: a frame belongs to the window when
+    ``int(start / time_base) <= pts < int((start + length) / time_base)``, and the window's first frame is time 0
+    (later frames keep their spacing: ``pts * time_base`` minus the first frame's), so frame choice and the length
+    are those of the trimmed VIDEO's frames. ``length`` None: to the end of the file.
+    """
+
+    start: float = 0.0
+    length: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.start, (int, float)) and math.isfinite(self.start) and self.start >= 0):
+            raise InvalidInputError(f"window start must be a finite number of seconds >= 0, got {self.start!r}")
+        if self.length is not None and not (
+                isinstance(self.length, (int, float)) and math.isfinite(self.length) and self.length > 0):
+            raise InvalidInputError(f"window length must be a positive number of seconds or None, got {self.length!r}")
+
+    @property
+    def is_whole(self) -> bool:
+        """The whole file, read with its own timestamps (no trim)."""
+        return self.start == 0 and self.length is None
+
+    def pts_bounds(self, time_base: Fraction) -> tuple[int, int | None]:
+        """First pts inside and first pts past the window, truncated exactly as ComfyUI truncates them."""
+        end = None if self.length is None else int((self.start + self.length) / time_base)
+        return int(self.start / time_base), end
+
+    def seconds_of(self, info: VideoInfo) -> float:
+        """How much of the file's timeline the window covers (its length, cut to the file)."""
+        if self.is_whole:
+            return info.duration
+        end = info.start_time + info.duration
+        if self.length is not None:
+            end = min(end, self.start + self.length)
+        return max(0.0, end - max(self.start, info.start_time))
+
+
+WHOLE_FILE = TimeWindow()
+
+
 def scan_packet_timing(container: av.container.InputContainer, stream: av.VideoStream, source: object) -> PacketTiming:
     """Count the stream's frames and measure its presentation span by walking its packets."""
     rate = stream_frame_rate(stream)
@@ -141,14 +184,88 @@ def _check_max_duration(max_duration: float | None) -> float | None:
     return value
 
 
+class _FrameClock:
+    """Each decoded frame's pts and time in seconds (``pts * time_base``, exact); a stream without timestamps
+    counts frames at its nominal rate instead."""
+
+    def __init__(self, stream: av.VideoStream) -> None:
+        self.time_base = Fraction(stream.time_base) if stream.time_base else None
+        self.rate = stream_frame_rate(stream) or Fraction(1)
+        self.decoded = 0
+
+    def stamp(self, frame: av.VideoFrame) -> tuple[int, Fraction, bool]:
+        """(pts, time, whether the frame carried its own timestamp)."""
+        timed = frame.pts is not None and self.time_base is not None
+        if timed:
+            pts, time = int(frame.pts), frame.pts * self.time_base
+        else:  # an elementary stream without timestamps: count frames at the nominal rate
+            time = self.decoded / self.rate
+            pts = round(time / self.time_base) if self.time_base else self.decoded
+        self.decoded += 1
+        return pts, time, timed
+
+
+class _ChunkBuilder:
+    """Decoded frames copied into ``chunk_size``-frame RGB arrays; a frame whose size differs from the first
+    frame's is rescaled to it, so every chunk stacks."""
+
+    def __init__(self, chunk_size: int) -> None:
+        self.chunk_size = chunk_size
+        self.size: tuple[int, int] | None = None
+        self.buffer: np.ndarray | None = None
+        self.times = self.stamps = np.empty(0)
+        self.filled = 0
+
+    def add(self, frame: av.VideoFrame, time: Fraction, pts: int) -> FrameChunk | None:
+        """Copy one frame in; the chunk once it is full, else None."""
+        if self.size is None:
+            self.size = (frame.height, frame.width)
+        if self.buffer is None:
+            self.buffer = np.empty((self.chunk_size, *self.size, 3), dtype=np.uint8)
+            self.times, self.stamps = np.empty(self.chunk_size, np.float64), np.empty(self.chunk_size, np.int64)
+        if (frame.height, frame.width) != self.size:
+            frame = frame.reformat(width=self.size[1], height=self.size[0])
+        self.buffer[self.filled] = frame.to_ndarray(format="rgb24")
+        self.times[self.filled], self.stamps[self.filled] = float(time), pts
+        self.filled += 1
+        return self.rest() if self.filled == self.chunk_size else None
+
+    def rest(self) -> FrameChunk | None:
+        """The frames not yet handed out (None when there are none); the next frame starts a new array."""
+        if self.buffer is None or not self.filled:
+            return None
+        n, buffer = self.filled, self.buffer
+        self.buffer, self.filled = None, 0
+        return FrameChunk(torch.from_numpy(buffer[:n] if n < self.chunk_size else buffer),
+                          torch.from_numpy(self.times[:n]), torch.from_numpy(self.stamps[:n]))
+
+
+def _seek_window(container: av.container.InputContainer, stream: av.VideoStream, window: TimeWindow,
+                 source: object) -> tuple[int, int | None] | None:
+    """The window's pts bounds (None for the whole file), with the container sought near its start.
+
+    The seek is ComfyUI's (to the key frame before the start, only when the start is not 0), so the frames
+    decoded from it are those ``get_components()`` decodes.
+    """
+    if window.is_whole:
+        return None
+    if not stream.time_base:
+        raise InvalidInputError(f"cannot trim {describe(source)}: its video stream has no time base")
+    bounds = window.pts_bounds(Fraction(stream.time_base))
+    if bounds[0] != 0:
+        container.seek(bounds[0], stream=stream)
+    return bounds
+
+
 def iter_video_frames(
-    source: MediaSource, *, max_duration: float | None = None, chunk_size: int = 16
+    source: MediaSource, *, max_duration: float | None = None, chunk_size: int = 16, window: TimeWindow = WHOLE_FILE
 ) -> Iterator[FrameChunk]:
     """Decode the first video stream to RGB uint8 in chunks of ``chunk_size`` frames.
 
     ``max_duration`` keeps the frames whose time, measured from the first frame, is at most that many seconds
     (a frame exactly at the limit is kept, as the reference reader does). Frames whose size differs from the
-    first frame's are rescaled to it, so every chunk stacks.
+    first frame's are rescaled to it, so every chunk stacks. ``window`` (a trim) reads only its frames, with
+    times measured from its first frame (see :class:`TimeWindow`); without one, times are the file's own.
     """
     limit = _check_max_duration(max_duration)
     if chunk_size < 1:
@@ -156,45 +273,38 @@ def iter_video_frames(
     with open_media(source) as container:
         stream = first_video_stream(container, source)
         stream.thread_type = "AUTO"
-        time_base = Fraction(stream.time_base) if stream.time_base else None
-        rate = stream_frame_rate(stream) or Fraction(1)
-        size: tuple[int, int] | None = None
+        clock, builder = _FrameClock(stream), _ChunkBuilder(chunk_size)
         first_time: Fraction | None = None
-        buffer = times = stamps = None
-        filled = decoded = 0
+        origin: Fraction | int = 0
         try:
+            bounds = _seek_window(container, stream, window, source)
             for frame in container.decode(stream):
-                if frame.pts is not None and time_base is not None:
-                    pts, time = int(frame.pts), frame.pts * time_base
-                else:  # an elementary stream without timestamps: count frames at the nominal rate
-                    time = decoded / rate
-                    pts = round(time / time_base) if time_base else decoded
-                decoded += 1
+                pts, time, timed = clock.stamp(frame)
+                if bounds is not None:
+                    if not timed:
+                        raise InvalidInputError(f"cannot trim {describe(source)}: its frames carry no timestamps")
+                    if pts < bounds[0]:
+                        continue
+                    if bounds[1] is not None and pts >= bounds[1]:
+                        break
                 if first_time is None:
                     first_time = time
+                    origin = time if bounds is not None else 0
                 if limit is not None and time - first_time > limit:
                     break
-                if size is None:
-                    size = (frame.height, frame.width)
-                if buffer is None:
-                    buffer = np.empty((chunk_size, *size, 3), dtype=np.uint8)
-                    times, stamps = np.empty(chunk_size, np.float64), np.empty(chunk_size, np.int64)
-                if (frame.height, frame.width) != size:
-                    frame = frame.reformat(width=size[1], height=size[0])
-                buffer[filled] = frame.to_ndarray(format="rgb24")
-                times[filled], stamps[filled] = float(time), pts
-                filled += 1
-                if filled == chunk_size:
-                    yield FrameChunk(torch.from_numpy(buffer), torch.from_numpy(times), torch.from_numpy(stamps))
-                    buffer, filled = None, 0
+                chunk = builder.add(frame, time - origin, pts)
+                if chunk is not None:
+                    yield chunk
         except av.FFmpegError as exc:
             raise InvalidInputError(f"video {describe(source)} is damaged: {exc}") from exc
-        if buffer is not None and filled:
-            yield FrameChunk(
-                torch.from_numpy(buffer[:filled]), torch.from_numpy(times[:filled]), torch.from_numpy(stamps[:filled])
-            )
-        if decoded == 0:
+        rest = builder.rest()
+        if rest is not None:
+            yield rest
+        if clock.decoded == 0:
             raise InvalidInputError(f"no frame of {describe(source)} could be decoded")
+        if first_time is None:
+            raise InvalidInputError(f"no frame of {describe(source)} lies in the trim window starting at "
+                                    f"{window.start:g} s")
 
 
 def read_video_frames(source: MediaSource, *, max_duration: float | None = None) -> VideoFrames:
