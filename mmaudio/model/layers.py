@@ -42,7 +42,9 @@ def _channel_last_class(conv_cls: type) -> type:
                 weights = winograd.stored_weights([self], x)
                 bias = self.bias
                 if weights is not None and (bias is None or (bias.dtype == x.dtype and bias.device == x.device)):
-                    return winograd.conv3(x, self._winograd.get(weights, winograd.filter_tiles), bias)
+                    filters = self._winograd.get(weights, winograd.filter_tiles)
+                    if filters is not None:  # None: beyond the filter memory budget
+                        return winograd.conv3(x, filters, bias)
             return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
         def release_cached_filters(self) -> None:
@@ -91,8 +93,9 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reuse_filters and winograd.applies_to(x):
             weights = winograd.stored_weights([self.w1, self.w2, self.w3], x)
-            if weights is not None:
-                return winograd.swiglu3(x, *self._winograd.get(weights, winograd.swiglu_filters))
+            filters = None if weights is None else self._winograd.get(weights, winograd.swiglu_filters)
+            if filters is not None:  # None: not the stored weights, or beyond the filter memory budget
+                return winograd.swiglu3(x, *filters)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
     def release_cached_filters(self) -> None:

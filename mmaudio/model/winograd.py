@@ -27,6 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 _enabled = True
+# Transformed filters held at once (all layers together). F(2, 3) keeps 4/3 of the convolution weights: all of a
+# small network's fit; of a large float32 network, the layers beyond the budget keep the plain convolution.
+FILTER_BUDGET_BYTES = 2 << 30
+_held_bytes = 0
 
 
 def winograd_enabled() -> bool:
@@ -43,6 +47,11 @@ def use_winograd(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _enabled = previous
+
+
+def held_filter_bytes() -> int:
+    """Bytes of transformed filters currently kept by all :class:`FilterCache` objects."""
+    return _held_bytes
 
 
 def applies_to(x: torch.Tensor) -> bool:
@@ -66,11 +75,17 @@ def stored_weights(layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.T
     return weights
 
 
+def _nbytes(filters: Any) -> int:
+    tensors = filters if isinstance(filters, tuple) else (filters,)
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 class FilterCache:
     """Transformed filters of some weights, rebuilt whenever a weight is replaced or changed in place.
 
-    Kept between the steps of a generation (the filters cost about as much to build as one forward saves)
-    and dropped afterwards by :meth:`clear`, since they hold a third more memory than the weights.
+    Kept between the steps of a generation (building them costs about as much as one forward saves) and dropped
+    afterwards by :meth:`clear`. Within :data:`FILTER_BUDGET_BYTES` for all caches together; a layer whose
+    filters do not fit gets None and keeps the plain convolution.
     """
 
     def __init__(self) -> None:
@@ -78,12 +93,21 @@ class FilterCache:
         self._filters: Any = None
 
     def get(self, weights: Sequence[torch.Tensor], build: Callable[..., Any]) -> Any:
+        global _held_bytes
         key = tuple((w.data_ptr(), w._version, tuple(w.shape), w.dtype, w.device) for w in weights)
         if key != self._key:
-            self._filters, self._key = build(*weights), key
+            self.clear()
+            expected = 4 * sum(w.numel() * w.element_size() for w in weights) // 3
+            if _held_bytes + expected <= FILTER_BUDGET_BYTES:
+                self._filters = build(*weights)
+                _held_bytes += _nbytes(self._filters)
+            self._key = key  # also remembers "did not fit" until the next clear
         return self._filters
 
     def clear(self) -> None:
+        global _held_bytes
+        if self._filters is not None:
+            _held_bytes -= _nbytes(self._filters)
         self._key = self._filters = None
 
 
