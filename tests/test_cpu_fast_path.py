@@ -163,6 +163,24 @@ def test_cached_filters_follow_weight_changes_and_are_released() -> None:
     assert winograd.held_filter_bytes() < held
 
 
+def test_inference_tensor_weights_are_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ComfyUI loads weights under inference mode: such tensors have no version counter."""
+    with torch.inference_mode():
+        mlp = _mlp()
+        for layer in (mlp.w1, mlp.w2, mlp.w3):
+            layer.weight = torch.nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
+    assert mlp.w1.weight.is_inference()
+    calls = _count_fast_calls(monkeypatch)
+    x = torch.randn(1, 7, 16)
+    with torch.inference_mode():
+        fast = mlp(x)
+        again = mlp(x)
+        with winograd.use_winograd(False):
+            plain = mlp(x)
+    assert len(calls) == 2 and torch.equal(fast, again)
+    assert rel_l2(fast, plain) < 1e-5
+
+
 def test_channel_last_conv_with_bias_takes_the_fast_path() -> None:
     torch.manual_seed(0)
     conv = channel_last_conv1d(default_ops(), 8, 6, 3, reuse_filters=True)

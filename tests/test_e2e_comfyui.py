@@ -36,7 +36,7 @@ COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_DIR_NAME = "comfyui-mmaudio-sync"
 OUR_NODES = ("MMAudioSyncNetworkLoader", "MMAudioSyncFeatureModelsLoader", "MMAudioSyncDecoderLoader",
-             "MMAudioSyncEncodeConditions", "MMAudioSyncSampler", "MMAudioSyncDecode")
+             "MMAudioSyncEncodeConditions", "MMAudioSyncSampler", "MMAudioSyncDecode", "MMAudioSyncCompileNetwork")
 CLIP_FRAMES, CLIP_FPS = 20, 25  # 0.8 s: one Synchformer segment
 
 pytestmark = [
@@ -249,8 +249,10 @@ def _video_to_audio_prompt(models: tiny_weights.TinyModels) -> dict[str, Any]:
                        "inputs": {"feature_models": ["feat", 0], "images": ["parts", 0], "fps": ["parts", 2],
                                   "prompt": "footsteps on gravel", "negative_prompt": "music", "duration": 0.0,
                                   "mask_away_clip": False}},
+        # the image path samples through torch.compile (the real backend, inside ComfyUI's process)
+        "compiled": {"class_type": "MMAudioSyncCompileNetwork", "inputs": {"network": ["net", 0], "mode": "compile"}},
         "sample_images": {"class_type": "MMAudioSyncSampler",
-                          "inputs": {"network": ["net", 0], "conditions": ["enc_images", 0], "seed": 5,
+                          "inputs": {"network": ["compiled", 0], "conditions": ["enc_images", 0], "seed": 5,
                                      "steps": 4, "cfg": 4.5, "samples": 1}},
         "audio_images": {"class_type": "MMAudioSyncDecode",
                          "inputs": {"decoder": ["dec", 0], "latents": ["sample_images", 0]}},
@@ -336,6 +338,7 @@ def test_video_to_audio_through_the_http_api(comfy):
     prompt_id = comfy.queue(_video_to_audio_prompt(comfy.models))
     entry = comfy.wait(prompt_id)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + "\n" + comfy.tail()
+    assert "failed, using the plain network" not in comfy.log.read_text(errors="replace"), comfy.tail()  # compiled
     outputs = entry["outputs"]
 
     saved = outputs["save_audio"]["audio"]

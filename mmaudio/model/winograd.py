@@ -80,6 +80,12 @@ def _nbytes(filters: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def _version_of(weight: torch.Tensor) -> int | None:
+    """The in-place version of a weight; inference tensors (weights ComfyUI loads under inference mode) keep
+    none, and only their storage identifies them (the caches are released after every generation anyway)."""
+    return None if weight.is_inference() else weight._version
+
+
 class FilterCache:
     """Transformed filters of some weights, rebuilt whenever a weight is replaced or changed in place.
 
@@ -94,7 +100,7 @@ class FilterCache:
 
     def get(self, weights: Sequence[torch.Tensor], build: Callable[..., Any]) -> Any:
         global _held_bytes
-        key = tuple((w.data_ptr(), w._version, tuple(w.shape), w.dtype, w.device) for w in weights)
+        key = tuple((w.data_ptr(), _version_of(w), tuple(w.shape), w.dtype, w.device) for w in weights)
         if key != self._key:
             self.clear()
             expected = 4 * sum(w.numel() * w.element_size() for w in weights) // 3
