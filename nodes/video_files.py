@@ -47,6 +47,13 @@ def _trim_of(video: Any) -> tuple[float, float | None] | None:
     return start, duration if duration > 0 else None
 
 
+def _crops_lazily(video: Any) -> bool:
+    """True for a VIDEO whose ``as_cropped`` is not ComfyUI's default (``VideoInput.as_cropped`` materialises the
+    frames; an override may instead keep a crop of the file to apply later)."""
+    defining = next((cls for cls in type(video).__mro__ if "as_cropped" in vars(cls)), None)
+    return defining is not None and defining.__name__ != "VideoInput"
+
+
 def file_view_of(video: Any) -> FileView | None:
     """The file behind a VIDEO and its trim, when reading that stretch of the file gives exactly the VIDEO's
     frames; None for a VIDEO with no file or with frame edits (those must go through ``get_components()``)."""
@@ -54,6 +61,8 @@ def file_view_of(video: Any) -> FileView | None:
     if stream_source is None:
         return None
     pending_edits = getattr(video, "has_pending_frame_edits", None)
+    if pending_edits is None and _crops_lazily(video):
+        return None  # it may hold a crop it cannot report: only get_components() is sure to apply it
     if pending_edits is not None and pending_edits():
         return None
     trim = _trim_of(video)

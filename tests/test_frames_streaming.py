@@ -541,3 +541,34 @@ def test_node_layer_streams_a_trimmed_file_video_like_its_components(clips: dict
 
         edited = TrimmedFileVideo(clips["29.97fps"], start, duration, edited=True)
         assert adapters.visual_source(None, None, edited, None).file is None and edited.components_calls == 1
+
+
+def test_a_video_that_may_hold_a_crop_it_cannot_report_is_not_streamed(tmp_path: Path) -> None:
+    """A VIDEO class with its own lazy ``as_cropped`` but no ``has_pending_frame_edits`` (an in-between ComfyUI)
+    could hold a crop of its file: only get_components() is sure to apply it. ComfyUI's default
+    ``VideoInput.as_cropped`` materialises the frames, so it does not count."""
+    from .pack_loader import PACK_NAME, stubbed_pack
+
+    with stubbed_pack(tmp_path) as _pack:
+        video_files = sys.modules[f"{PACK_NAME}.nodes.video_files"]
+
+        class VideoInput:  # ComfyUI's abstract base: as_cropped goes through get_components()
+            def as_cropped(self, x: int = 0, y: int = 0, width: int = 0, height: int = 0) -> None:
+                raise AssertionError("not called")
+
+        class PlainFile(VideoInput):
+            def get_stream_source(self) -> str:
+                return "clip.mp4"
+
+        class LazyCropper(PlainFile):
+            def as_cropped(self, x: int = 0, y: int = 0, width: int = 0, height: int = 0) -> None:
+                raise AssertionError("not called")
+
+        class ReportingCropper(LazyCropper):
+            def has_pending_frame_edits(self) -> bool:
+                return False
+
+        assert video_files.file_view_of(PlainFile()).source == "clip.mp4"
+        assert video_files.file_view_of(LazyCropper()) is None
+        assert video_files.unedited_file_of(LazyCropper()) is None
+        assert video_files.file_view_of(ReportingCropper()).source == "clip.mp4"
