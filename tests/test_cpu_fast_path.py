@@ -77,8 +77,8 @@ def test_non_contiguous_input() -> None:
 def test_filters_beyond_the_budget_keep_the_plain_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
     first, second, x = _mlp(seed=0), _mlp(seed=1), torch.randn(1, 9, 16)
     one_mlp = 4 * sum(layer.weight.numel() * 4 for layer in (first.w1, first.w2, first.w3)) // 3  # F(2, 3): 4/3
-    monkeypatch.setattr(winograd, "FILTER_BUDGET_BYTES", one_mlp + 10)
-    held_before = winograd.held_filter_bytes()
+    held_before = winograd.held_filter_bytes()  # other live modules of this test session may hold some
+    monkeypatch.setattr(winograd, "FILTER_BUDGET_BYTES", held_before + one_mlp + 10)
     with torch.no_grad():
         first(x)
         assert winograd.held_filter_bytes() == held_before + one_mlp
@@ -88,6 +88,19 @@ def test_filters_beyond_the_budget_keep_the_plain_convolution(monkeypatch: pytes
             assert torch.equal(out, second(x))
     first.release_cached_filters()
     second.release_cached_filters()
+    assert winograd.held_filter_bytes() == held_before
+
+
+def test_filters_of_a_dropped_module_stop_counting() -> None:
+    import gc
+
+    mlp = _mlp()
+    held_before = winograd.held_filter_bytes()
+    with torch.no_grad():
+        mlp(torch.randn(1, 5, 16))
+    assert winograd.held_filter_bytes() > held_before
+    del mlp
+    gc.collect()
     assert winograd.held_filter_bytes() == held_before
 
 

@@ -18,6 +18,7 @@ weights, so callers compute them once (:func:`filter_tiles`) and reuse them for 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -30,7 +31,7 @@ _enabled = True
 # Transformed filters held at once (all layers together). F(2, 3) keeps 4/3 of the convolution weights: all of a
 # small network's fit; of a large float32 network, the layers beyond the budget keep the plain convolution.
 FILTER_BUDGET_BYTES = 2 << 30
-_held_bytes = 0
+_live_caches: weakref.WeakSet[FilterCache] = weakref.WeakSet()  # a cache dropped with its module stops counting
 
 
 def winograd_enabled() -> bool:
@@ -50,8 +51,8 @@ def use_winograd(enabled: bool) -> Iterator[None]:
 
 
 def held_filter_bytes() -> int:
-    """Bytes of transformed filters currently kept by all :class:`FilterCache` objects."""
-    return _held_bytes
+    """Bytes of transformed filters currently kept by all live :class:`FilterCache` objects."""
+    return sum(cache.nbytes for cache in list(_live_caches))
 
 
 def applies_to(x: torch.Tensor) -> bool:
@@ -97,24 +98,23 @@ class FilterCache:
     def __init__(self) -> None:
         self._key: tuple[Any, ...] | None = None
         self._filters: Any = None
+        self.nbytes = 0
+        _live_caches.add(self)
 
     def get(self, weights: Sequence[torch.Tensor], build: Callable[..., Any]) -> Any:
-        global _held_bytes
         key = tuple((w.data_ptr(), _version_of(w), tuple(w.shape), w.dtype, w.device) for w in weights)
         if key != self._key:
             self.clear()
             expected = 4 * sum(w.numel() * w.element_size() for w in weights) // 3
-            if _held_bytes + expected <= FILTER_BUDGET_BYTES:
+            if held_filter_bytes() + expected <= FILTER_BUDGET_BYTES:
                 self._filters = build(*weights)
-                _held_bytes += _nbytes(self._filters)
+                self.nbytes = _nbytes(self._filters)
             self._key = key  # also remembers "did not fit" until the next clear
         return self._filters
 
     def clear(self) -> None:
-        global _held_bytes
-        if self._filters is not None:
-            _held_bytes -= _nbytes(self._filters)
         self._key = self._filters = None
+        self.nbytes = 0
 
 
 def filter_tiles(weight: torch.Tensor) -> torch.Tensor:
