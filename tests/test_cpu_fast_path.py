@@ -65,7 +65,7 @@ def test_float32_differences_stay_near_rounding_level_on_a_real_width() -> None:
     fast = rel_l2(winograd.swiglu3(x, *winograd.swiglu_filters(w1, w2, w3)).double(), exact)
     plain = rel_l2(_plain_swiglu(x, w1, w2, w3).double(), exact)
     assert plain < 1e-6
-    assert fast < 5 * plain
+    assert fast < 8 * plain
 
 
 def test_non_contiguous_input() -> None:
@@ -76,7 +76,7 @@ def test_non_contiguous_input() -> None:
 
 def test_filters_beyond_the_budget_keep_the_plain_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
     first, second, x = _mlp(seed=0), _mlp(seed=1), torch.randn(1, 9, 16)
-    one_mlp = 4 * sum(layer.weight.numel() * 4 for layer in (first.w1, first.w2, first.w3)) // 3  # F(2, 3): 4/3
+    one_mlp = 2 * sum(layer.weight.numel() * 4 for layer in (first.w1, first.w2, first.w3))  # F(4, 3): 6/3
     held_before = winograd.held_filter_bytes()  # other live modules of this test session may hold some
     monkeypatch.setattr(winograd, "FILTER_BUDGET_BYTES", held_before + one_mlp + 10)
     with torch.no_grad():

@@ -1,19 +1,22 @@
-"""Kernel-3 "same" convolutions over channel-last sequences with Winograd's minimal filtering F(2, 3).
+"""Kernel-3 "same" convolutions over channel-last sequences with Winograd's minimal filtering F(4, 3).
 
 Why: on a CPU a sampling step spends most of its time in the kernel-3 convolutions of the SwiGLU MLPs, and
-those already run at the machine's matrix-multiply peak, so only less arithmetic makes them faster. F(2, 3)
-computes two neighbouring outputs from four matrix products of half the sequence instead of three products of
-the whole sequence: a third less arithmetic, with float32 differences of about 1e-6 relative (the transforms
-only add, subtract and halve).
+those already run at the machine's matrix-multiply peak, so only less arithmetic makes them faster. F(4, 3)
+computes four neighbouring outputs from six matrix products of a quarter of the sequence, instead of three
+products of the whole sequence: half the arithmetic. The transforms cost a few passes over the data, and float32
+differences grow to a few times the plain convolution's own rounding (rel-L2 ~1.4e-6 against ~3e-7 for one
+448 -> 1280 -> 448 MLP; F(2, 3) would give ~6e-7 but saves only a third and measured 16-24% slower per MLP).
 
-For outputs 2i and 2i + 1 of ``y[n] = sum_k x[n - 1 + k] @ g_k`` (zero padding), with ``d_j = x[2i - 1 + j]``:
+With ``d_j = x[4i - 1 + j]`` (j = 0..5, zero padding) the inputs of tile i and ``g`` the three taps, the four
+outputs of the tile are ``A^T [(G g) . (B^T d)]`` (Lavin and Gray, 2016), with the matrices below. Here:
+- all six products run as one batched matrix multiply;
+- both transforms are small matrix products;
+- tiles are ordered (tile, batch), so the SwiGLU's hidden activations can stay in a phase-major layout
+  ``[4, tiles + 2, batch, hidden]`` (position 4i + p at [p, i + 1]) from which the next convolution's inputs are
+  plain slices.
 
-    m0 = (d0 - d2) @ g0          m1 = (d1 + d2) @ (g0 + g1 + g2) / 2
-    m2 = (d2 - d1) @ (g0 - g1 + g2) / 2          m3 = (d1 - d3) @ g2
-    y[2i] = m0 + m1 + m2         y[2i + 1] = m1 - m2 - m3
-
-The four products of every tile run as one batched matrix multiply. The transformed filters depend only on the
-weights, so callers compute them once (:func:`filter_tiles`) and reuse them for a whole generation.
+The transformed filters ``G g`` depend only on the weights, so callers build them once (:class:`FilterCache`)
+and reuse them for a whole generation.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 _enabled = True
-# Transformed filters held at once (all layers together). F(2, 3) keeps 4/3 of the convolution weights: all of a
-# small network's fit; of a large float32 network, the layers beyond the budget keep the plain convolution.
+# Transformed filters held at once (all layers together). F(4, 3) keeps twice the convolution weights: all of a
+# small network's fit; of larger float32 networks, the layers beyond the budget keep the plain convolution.
 FILTER_BUDGET_BYTES = 2 << 30
 _live_caches: weakref.WeakSet[FilterCache] = weakref.WeakSet()  # a cache dropped with its module stops counting
 
@@ -105,7 +108,7 @@ class FilterCache:
         key = tuple((w.data_ptr(), _version_of(w), tuple(w.shape), w.dtype, w.device) for w in weights)
         if key != self._key:
             self.clear()
-            expected = 4 * sum(w.numel() * w.element_size() for w in weights) // 3
+            expected = _POINTS * sum(w.numel() * w.element_size() for w in weights) // 3
             if held_filter_bytes() + expected <= FILTER_BUDGET_BYTES:
                 self._filters = build(*weights)
                 self.nbytes = _nbytes(self._filters)
@@ -117,95 +120,92 @@ class FilterCache:
         self.nbytes = 0
 
 
+_POINTS = 6  # inputs (and products) per tile
+_OUTPUTS = 4  # outputs per tile
+_DATA = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0),
+         (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))  # B^T
+_FILTER = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+           (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))  # G
+_OUTPUT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))  # A^T
+
+
+def _matrix(rows: tuple[tuple[float, ...], ...], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(rows, dtype=like.dtype, device=like.device)
+
+
 def filter_tiles(weight: torch.Tensor) -> torch.Tensor:
-    """Conv1d weight [out, in, 3] to the four transformed filters [4, in, out] of F(2, 3)."""
+    """Conv1d weight [out, in, 3] to the six transformed filters [6, in, out] (computed in float64: 1/6 and 1/24
+    are not exact in float32)."""
     if weight.ndim != 3 or weight.shape[2] != 3:
         raise ValueError(f"expected a kernel-3 Conv1d weight [out, in, 3], got {list(weight.shape)}")
-    taps = weight.permute(2, 1, 0)  # [3, in, out]
-    outer = taps[0] + taps[2]
-    return torch.stack([taps[0], (outer + taps[1]) * 0.5, (outer - taps[1]) * 0.5, taps[2]])
+    taps = weight.permute(2, 1, 0).to(torch.float64).reshape(3, -1)  # [3, in * out]
+    tiles = torch.tensor(_FILTER, dtype=torch.float64, device=weight.device) @ taps
+    return tiles.to(weight.dtype).view(_POINTS, weight.shape[1], weight.shape[0])
 
 
 def swiglu_filters(gate: torch.Tensor, down: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The filters :func:`swiglu3` takes, from the w1 (gate), w2 (down) and w3 (value) Conv1d weights."""
-    return torch.cat([filter_tiles(gate), filter_tiles(value)], dim=2), filter_tiles(down).contiguous()
+    return torch.cat([filter_tiles(gate), filter_tiles(value)], dim=2), filter_tiles(down)
 
 
-def _tiles_from_sequence(x: torch.Tensor) -> torch.Tensor:
-    """[B, L, C] to the transformed input tiles [4, B * T, C], T = ceil(L / 2)."""
+def _tiles_from_sequence(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """[B, L, C] to the transformed input tiles [6, T * B, C] in (tile, batch) order, and T = ceil(L / 4)."""
     batch, length, channels = x.shape
-    tiles = (length + 1) // 2
-    padded = F.pad(x, (0, 0, 1, 1 + length % 2))  # x[-1] = 0 and zeros after the end
-    d0, d1, d2, d3 = (padded[:, j:j + 2 * tiles:2] for j in range(4))
-    out = x.new_empty(4, batch, tiles, channels)
-    torch.sub(d0, d2, out=out[0])
-    torch.add(d1, d2, out=out[1])
-    torch.sub(d2, d1, out=out[2])
-    torch.sub(d1, d3, out=out[3])
-    return out.view(4, batch * tiles, channels)
+    tiles = -(-length // _OUTPUTS)
+    by_position = F.pad(x, (0, 0, 1, _OUTPUTS * tiles - length + 1)).transpose(0, 1)  # [4T + 2, B, C], x[-1] = 0
+    data = torch.stack([by_position[j:j + _OUTPUTS * tiles:_OUTPUTS] for j in range(_POINTS)])  # [6, T, B, C]
+    return (_matrix(_DATA, x) @ data.view(_POINTS, -1)).view(_POINTS, tiles * batch, channels), tiles
 
 
-def _tiles_from_even_odd(even: torch.Tensor, odd_shifted: torch.Tensor) -> torch.Tensor:
-    """Transformed input tiles [4, B * T, C] of a sequence held as its even positions ``even`` [B, T + 1, C]
-    (the last row zero) and its odd positions ``odd_shifted`` [B, T + 1, C] (shifted by one: row 0 zero)."""
-    batch, rows, channels = even.shape
-    tiles = rows - 1
-    previous_odd, odd = odd_shifted[:, :tiles], odd_shifted[:, 1:]  # x[2i - 1], x[2i + 1]
-    this_even, next_even = even[:, :tiles], even[:, 1:]  # x[2i], x[2i + 2]
-    out = even.new_empty(4, batch, tiles, channels)
-    torch.sub(previous_odd, odd, out=out[0])
-    torch.add(this_even, odd, out=out[1])
-    torch.sub(odd, this_even, out=out[2])
-    torch.sub(this_even, next_even, out=out[3])
-    return out.view(4, batch * tiles, channels)
+def _tiles_from_phases(phases: torch.Tensor) -> torch.Tensor:
+    """Transformed input tiles [6, T * B, C] of a sequence held phase-major, ``phases`` [4, T + 2, B, C] with
+    position 4i + p at [p, i + 1] and zero rows at i = -1 and i = T (the padding)."""
+    _, rows, batch, channels = phases.shape
+    tiles = rows - 2
+    # d1..d4 are the four phases of tile i: one product with the middle columns of B^T; d0 (x[4i - 1], phase 3 of
+    # the tile before) only enters v0 (times 4) and d5 (x[4i + 4], phase 0 of the tile after) only v5.
+    inner = _matrix(tuple(row[1:5] for row in _DATA), phases)
+    out = (inner @ phases[:, 1:tiles + 1].reshape(_OUTPUTS, -1)).view(_POINTS, tiles * batch, channels)
+    out[0].view(-1).add_(phases[3, :tiles].reshape(-1), alpha=4)
+    out[5].view(-1).add_(phases[0, 2:].reshape(-1))
+    return out
 
 
-def _products(tiles: torch.Tensor, filters: torch.Tensor, batch: int) -> torch.Tensor:
-    products = torch.bmm(tiles, filters)  # [4, B * T, out]
-    return products.view(4, batch, -1, products.shape[-1])
+def _phases(products: torch.Tensor, tiles: int) -> torch.Tensor:
+    """The six products [6, T * B, out] to the outputs in phase-major layout [4, T, B, out]."""
+    points, rows, channels = products.shape
+    return (_matrix(_OUTPUT, products) @ products.view(points, -1)).view(_OUTPUTS, tiles, rows // tiles, channels)
 
 
-def _interleave(products: torch.Tensor, length: int, bias: torch.Tensor | None) -> torch.Tensor:
-    """Outputs [B, L, out] from the four products [4, B, T, out]."""
-    _, batch, tiles, channels = products.shape
-    out = products.new_empty(batch, tiles, 2, channels)
-    even, odd = out[:, :, 0], out[:, :, 1]
-    torch.add(products[0], products[1], out=even)
-    even.add_(products[2])
-    torch.sub(products[1], products[2], out=odd)
-    odd.sub_(products[3])
-    out = out.view(batch, 2 * tiles, channels)[:, :length]
-    return out if bias is None else out + bias
+def _sequence(phases: torch.Tensor, length: int) -> torch.Tensor:
+    """Phase-major outputs [4, T, B, out] back to [B, L, out]."""
+    _, tiles, batch, channels = phases.shape
+    return phases.permute(2, 1, 0, 3).reshape(batch, _OUTPUTS * tiles, channels)[:, :length]
 
 
 def conv3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """A kernel-3, padding-1 convolution of x [B, L, in] with :func:`filter_tiles` ``filters``: [B, L, out]."""
-    return _interleave(_products(_tiles_from_sequence(x), filters, x.shape[0]), x.shape[1], bias)
+    tiles, count = _tiles_from_sequence(x)
+    out = _sequence(_phases(torch.bmm(tiles, filters), count), x.shape[1])
+    return out if bias is None else out + bias
 
 
 def swiglu3(x: torch.Tensor, gate_and_value: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
     """w2(silu(w1 x) * w3 x) for kernel-3 convolutions, x [B, L, C].
 
-    ``gate_and_value`` holds the filters of w1 and w3 side by side ([4, C, 2H], one product for both), ``down``
-    those of w2 ([4, H, C]). The hidden activations stay split into even and odd positions, which is the
-    layout both the SwiGLU product and the tiles of w2 need, so only the output is interleaved.
+    ``gate_and_value`` holds the filters of w1 and w3 side by side ([6, C, 2H], one product for both), ``down``
+    those of w2 ([6, H, C]). The hidden activations are written phase-major with zero rows around them, the
+    layout the tiles of w2 are sliced from, so only the output is put back in sequence order.
     """
     batch, length, _ = x.shape
     hidden = down.shape[1]
-    products = _products(_tiles_from_sequence(x), gate_and_value, batch)  # [4, B, T, 2H]
-    tiles = products.shape[2]
-    even_pre, odd_pre = products[0], products[1]  # combined in place: m0 + m1 + m2 and m1 - m2 - m3
-    even_pre += odd_pre
-    even_pre += products[2]
-    odd_pre -= products[2]
-    odd_pre -= products[3]
-    even = x.new_empty(batch, tiles + 1, hidden)
-    odd_shifted = x.new_empty(batch, tiles + 1, hidden)
-    even[:, tiles].zero_()  # x[2T] lies past the end
-    odd_shifted[:, 0].zero_()  # x[-1]
-    torch.mul(F.silu(even_pre[..., :hidden], inplace=True), even_pre[..., hidden:], out=even[:, :tiles])
-    torch.mul(F.silu(odd_pre[..., :hidden], inplace=True), odd_pre[..., hidden:], out=odd_shifted[:, 1:])
-    if length % 2:  # position L lies past the end: w2 must see zero padding there
-        odd_shifted[:, tiles].zero_()
-    down_products = _products(_tiles_from_even_odd(even, odd_shifted), down, batch)
-    return _interleave(down_products, length, None)
+    tiles, count = _tiles_from_sequence(x)
+    both = _phases(torch.bmm(tiles, gate_and_value), count)  # [4, T, B, 2H]
+    phases = x.new_empty(_OUTPUTS, count + 2, batch, hidden)
+    phases[:, 0].zero_()
+    phases[:, count + 1].zero_()
+    torch.mul(F.silu(both[..., :hidden], inplace=True), both[..., hidden:], out=phases[:, 1:count + 1])
+    last = length - _OUTPUTS * (count - 1)  # positions used in the last tile
+    if last < _OUTPUTS:  # positions past the end: w2 must see zero padding there
+        phases[last:, count].zero_()
+    return _sequence(_phases(torch.bmm(_tiles_from_phases(phases), down), count), length)
