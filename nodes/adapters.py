@@ -25,7 +25,7 @@ from ..mmaudio.features.clip import load_clip
 from ..mmaudio.features.extractor import FeatureExtractor
 from ..mmaudio.features.streaming import VideoFile
 from ..mmaudio.features.synchformer import load_synchformer, num_segments
-from ..mmaudio.model import SequenceLengths, build_network_from_state_dict
+from ..mmaudio.model import SequenceLengths, build_network_from_state_dict, winograd
 from ..mmaudio.model.config import TRAINING_DURATION_S
 from ..mmaudio.vae import load_vae
 from ..mmaudio.vocoder import load_vocoder
@@ -312,11 +312,15 @@ def _check_lengths(network: NetworkHandle, conditions: AudioConditions) -> Seque
 
 
 def _sampling_memory(network: NetworkHandle, lengths: SequenceLengths, batch: int) -> int:
-    """Rough activation memory of one guided step (both CFG branches in one batch)."""
+    """Rough activation memory of one guided step (both CFG branches in one batch), plus the Winograd filters
+    the network keeps while sampling on a CPU in float32."""
     tokens = lengths.latent_seq_len + lengths.clip_seq_len + 77
     hidden = network.network.hidden_dim
-    itemsize = torch.finfo(network.placement.compute_dtype).bits // 8
-    return int(2 * batch * tokens * hidden * 4 * 6 * itemsize)
+    placement = network.placement
+    itemsize = torch.finfo(placement.compute_dtype).bits // 8
+    activations = int(2 * batch * tokens * hidden * 4 * 6 * itemsize)
+    return activations + winograd.expected_filter_bytes(network.network, placement.load_device,
+                                                        placement.compute_dtype)
 
 
 def sample_latents(network: NetworkHandle, conditions: AudioConditions, seed: int, steps: int, cfg: float,

@@ -274,3 +274,24 @@ def test_sampling_is_unchanged_by_the_fast_path_and_leaves_no_cache(monkeypatch:
         plain = run()
     assert rel_l2(fast, plain) < 1e-5
     assert not torch.equal(fast, plain)  # the fast path really ran
+
+
+def test_expected_filter_bytes_match_what_sampling_holds() -> None:
+    """What a memory manager is told in advance equals what the caches hold during a generation."""
+    net = _tiny_net()
+    expected = winograd.expected_filter_bytes(net, "cpu", torch.float32)
+    assert expected > 0
+    assert winograd.expected_filter_bytes(net, "cpu", torch.bfloat16) == 0
+    assert winograd.expected_filter_bytes(net, "cuda", torch.float32) == 0
+    held: list[int] = []
+    before = winograd.held_filter_bytes()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        cond, empty = build_conditions(net, clip_f=torch.randn(1, LENGTHS.clip_seq_len, 24, generator=gen),
+                                       sync_f=torch.randn(1, LENGTHS.sync_seq_len, 16, generator=gen),
+                                       text_f=torch.randn(1, 10, 20, generator=gen))
+        x0 = initial_noise(1, 1, LENGTHS.latent_seq_len, 8)
+        sample(net, x0, cond, empty, num_steps=2, cfg_strength=4.5,
+               callback=lambda _k, _n, _x: held.append(winograd.held_filter_bytes() - before))
+    assert held[0] == expected
+    assert winograd.held_filter_bytes() == before  # released after the generation

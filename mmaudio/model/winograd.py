@@ -58,6 +58,20 @@ def held_filter_bytes() -> int:
     return sum(cache.nbytes for cache in list(_live_caches))
 
 
+def expected_filter_bytes(module: nn.Module, device: torch.device | str, dtype: torch.dtype) -> int:
+    """Bytes the transformed filters of ``module``'s per-step convolutions (layers with ``reuse_filters``) will
+    hold while sampling on ``device`` in ``dtype``: 0 where the Winograd path does not apply. For memory
+    managers, which do not see these caches."""
+    if not _enabled or torch.device(device).type != "cpu" or dtype != torch.float32:
+        return 0
+    weights = 0
+    for layer in module.modules():
+        if getattr(layer, "reuse_filters", False):
+            weights += sum(p.numel() * 4 for name, p in layer.named_parameters()
+                           if name.endswith("weight") and p.ndim == 3)
+    return min(FILTER_BUDGET_BYTES, _POINTS * weights // 3)
+
+
 def applies_to(x: torch.Tensor) -> bool:
     """True where the Winograd path is faster and exact enough: float32 inference on a CPU.
 
