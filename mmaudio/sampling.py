@@ -95,17 +95,19 @@ def guided_velocity(net: MMAudioNetwork, conditions: Conditions, empty_condition
     compute_dtype = conditions.dtype
     predict_flow = flow or net.predict_flow
     cache: dict[int, Conditions] = {}
+    joint_branches = batched and cfg_strength >= 1.0 and empty_conditions is not None
     net.prepare_device_caches(conditions.device)
-    for prepared in (conditions, empty_conditions):  # outside the network's forward (a compiled one too)
-        if prepared is not None:
-            prepared.distinct_sync_rows()
+    if not joint_branches:  # the forwards take these conditions as they are: find their rows now, outside them
+        for used in (conditions, empty_conditions if cfg_strength >= 1.0 else None):
+            if used is not None:
+                used.distinct_sync_rows()
 
     def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         latent = x.to(compute_dtype)
         t_batch = t.to(device=x.device, dtype=torch.float32).reshape(1).expand(batch)
         joint = None
-        if batched and cfg_strength >= 1.0 and empty_conditions is not None:
+        if joint_branches:
             joint = cache.get(batch)
             if joint is None:
                 joint = Conditions.concat([conditions.expand(batch), empty_conditions.expand(batch)])

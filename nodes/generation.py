@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
+from ..mmaudio.model.compiled import COMPILE_MODES, compile_mode
 from . import adapters, ui_payloads
 from .types import ConditionsType, DecoderType, FeatureModelsType, LatentType, NetworkType
 
@@ -140,7 +141,7 @@ class MMAudioSyncSampler(io.ComfyNode):
         return io.NodeOutput(adapters.sample_latents(network, conditions, seed, steps, cfg, samples))
 
 
-COMPILE_CHOICES = ["compile", "cuda_graphs", "off"]
+COMPILE_CHOICES = [*(name for name in COMPILE_MODES if name != "off"), "off"]  # the library's, "off" last
 
 
 class MMAudioSyncCompileNetwork(io.ComfyNode):
@@ -168,8 +169,7 @@ class MMAudioSyncCompileNetwork(io.ComfyNode):
 
     @classmethod
     def execute(cls, network: Any, mode: str) -> io.NodeOutput:
-        if mode not in COMPILE_CHOICES:
-            raise ValueError(f"mode must be one of {', '.join(COMPILE_CHOICES)}, got {mode!r}")
+        compile_mode(mode)  # an unknown mode is refused here, with the library's message
         return io.NodeOutput(dataclasses.replace(network, compile=mode))
 
 

@@ -8,35 +8,18 @@ import pytest
 import torch
 
 from mmaudio.errors import InvalidInputError
-from mmaudio.model import MMAudioNetwork, NetworkConfig, SequenceLengths
+from mmaudio.model import MMAudioNetwork
 from mmaudio.model import compiled as compiled_module
 from mmaudio.model.compiled import CompiledFlow, compile_mode, compiled_flow
 from mmaudio.sampling import build_conditions, initial_noise, sample
 from tests.parity.cases import rel_l2
-
-LENGTHS = SequenceLengths.for_duration(1.0, "16k")
-
-
-def _tiny_net() -> MMAudioNetwork:
-    config = NetworkConfig(name="tiny", latent_dim=8, clip_dim=24, sync_dim=16, text_dim=20, hidden_dim=32, depth=2,
-                           fused_depth=1, num_heads=2, v2=True, mode="16k", text_seq_len=10,
-                           latent_seq_len=LENGTHS.latent_seq_len, clip_seq_len=LENGTHS.clip_seq_len,
-                           sync_seq_len=LENGTHS.sync_seq_len)
-    torch.manual_seed(0)
-    net = MMAudioNetwork(config).eval()
-    with torch.no_grad():
-        for param in net.parameters():
-            param.normal_(0.0, 0.3)
-    return net
+from tests.tiny_network import LATENT_DIM, LENGTHS, random_features, tiny_network
 
 
 def _generate(net: MMAudioNetwork, compile: str, steps: int = 3) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        cond, empty = build_conditions(net, clip_f=torch.randn(1, LENGTHS.clip_seq_len, 24, generator=gen),
-                                       sync_f=torch.randn(1, LENGTHS.sync_seq_len, 16, generator=gen),
-                                       text_f=torch.randn(1, 10, 20, generator=gen))
-        x0 = initial_noise(1, 1, LENGTHS.latent_seq_len, 8)
+        cond, empty = build_conditions(net, **random_features(5))
+        x0 = initial_noise(1, 1, LENGTHS.latent_seq_len, LATENT_DIM)
         return sample(net, x0, cond, empty, num_steps=steps, cfg_strength=4.5, compile=compile)
 
 
@@ -49,7 +32,7 @@ def test_mode_names() -> None:
 
 
 def test_off_is_the_plain_forward() -> None:
-    net = _tiny_net()
+    net = tiny_network(depth=2)
     assert compiled_flow(net, "off") == net.predict_flow
 
 
@@ -57,7 +40,7 @@ def test_traced_forward_gives_the_same_latents(monkeypatch: pytest.MonkeyPatch) 
     """Dynamo traces the real forward (the "eager" backend runs the traced graph without generating code)."""
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="eager", dynamic=False))
-    net = _tiny_net()
+    net = tiny_network(depth=2)
     plain = _generate(net, "off")
     traced = _generate(net, "compile")
     flow = compiled_flow(net, "compile")
@@ -78,7 +61,7 @@ def test_a_failing_compiler_falls_back_once_with_a_warning(monkeypatch: pytest.M
         return run
 
     monkeypatch.setattr(compiled_module.torch, "compile", broken_compile)
-    net = _tiny_net()
+    net = tiny_network(depth=2)
     plain = _generate(net, "off")
     with caplog.at_level(logging.WARNING, logger=compiled_module.__name__):
         first = _generate(net, "cuda_graphs")
@@ -99,7 +82,7 @@ def test_input_errors_are_not_taken_for_compile_failures(monkeypatch: pytest.Mon
         return run
 
     monkeypatch.setattr(compiled_module.torch, "compile", strict_compile)
-    net = _tiny_net()
+    net = tiny_network(depth=2)
     flow = compiled_flow(net, "compile")
     with pytest.raises(InvalidInputError, match="latent must have shape"):
         flow(torch.zeros(1, 3, 8), torch.zeros(1), None)
@@ -108,7 +91,7 @@ def test_input_errors_are_not_taken_for_compile_failures(monkeypatch: pytest.Mon
 
 def test_inductor_compiles_the_real_forward() -> None:
     """The real default backend (C++ code generation on a CPU): about 45 s once, then the same latents."""
-    net = _tiny_net()
+    net = tiny_network(depth=2)
     plain = _generate(net, "off")
     compiled = _generate(net, "compile")
     flow = compiled_flow(net, "compile")

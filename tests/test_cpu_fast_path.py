@@ -11,14 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmaudio.model import MMAudioNetwork, NetworkConfig, SequenceLengths, winograd
+from mmaudio.model import winograd
 from mmaudio.model.conditions import Conditions, distinct_rows
 from mmaudio.model.layers import SwiGLU, channel_last_conv1d
 from mmaudio.ops import default_ops
 from mmaudio.sampling import build_conditions, initial_noise, sample
 from tests.parity.cases import rel_l2
-
-LENGTHS = SequenceLengths.for_duration(1.0, "16k")
+from tests.tiny_network import LATENT_DIM, LENGTHS, random_features, tiny_network
 
 
 def _plain_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -220,26 +219,10 @@ def test_distinct_rows_rebuild_the_sequence_per_sample() -> None:
     assert torch.equal(found.sample, torch.tensor([0] * 5 + [1] * 6))
 
 
-def _tiny_net() -> MMAudioNetwork:
-    config = NetworkConfig(name="tiny", latent_dim=8, clip_dim=24, sync_dim=16, text_dim=20, hidden_dim=32, depth=3,
-                           fused_depth=1, num_heads=2, v2=True, mode="16k", text_seq_len=10,
-                           latent_seq_len=LENGTHS.latent_seq_len, clip_seq_len=LENGTHS.clip_seq_len,
-                           sync_seq_len=LENGTHS.sync_seq_len)
-    torch.manual_seed(0)
-    net = MMAudioNetwork(config).eval()
-    with torch.no_grad():
-        for param in net.parameters():
-            param.normal_(0.0, 0.3)
-    return net
-
-
 def test_projected_sync_rows_repeat_and_the_empty_video_has_few() -> None:
-    net = _tiny_net()
-    gen = torch.Generator().manual_seed(1)
+    net = tiny_network()
     with torch.no_grad():
-        cond, empty = build_conditions(net, clip_f=torch.randn(1, LENGTHS.clip_seq_len, 24, generator=gen),
-                                       sync_f=torch.randn(1, LENGTHS.sync_seq_len, 16, generator=gen),
-                                       text_f=torch.randn(1, 10, 20, generator=gen))
+        cond, empty = build_conditions(net, **random_features(1))
     cond_rows, empty_rows = cond.distinct_sync_rows(), empty.distinct_sync_rows()
     assert cond_rows is not None and empty_rows is not None
     assert cond_rows.rows.shape[0] <= LENGTHS.sync_seq_len < LENGTHS.latent_seq_len
@@ -255,12 +238,9 @@ def test_all_distinct_rows_are_not_deduplicated() -> None:
 
 
 def test_sampling_is_unchanged_by_the_fast_path_and_leaves_no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    net = _tiny_net()
-    gen = torch.Generator().manual_seed(2)
-    features = {"clip_f": torch.randn(2, LENGTHS.clip_seq_len, 24, generator=gen),
-                "sync_f": torch.randn(2, LENGTHS.sync_seq_len, 16, generator=gen),
-                "text_f": torch.randn(2, 10, 20, generator=gen)}
-    x0 = initial_noise(3, 2, LENGTHS.latent_seq_len, 8)
+    net = tiny_network()
+    features = random_features(2, batch=2)
+    x0 = initial_noise(3, 2, LENGTHS.latent_seq_len, LATENT_DIM)
 
     def run() -> torch.Tensor:
         with torch.no_grad():
@@ -278,19 +258,16 @@ def test_sampling_is_unchanged_by_the_fast_path_and_leaves_no_cache(monkeypatch:
 
 def test_expected_filter_bytes_match_what_sampling_holds() -> None:
     """What a memory manager is told in advance equals what the caches hold during a generation."""
-    net = _tiny_net()
+    net = tiny_network()
     expected = winograd.expected_filter_bytes(net, "cpu", torch.float32)
     assert expected > 0
     assert winograd.expected_filter_bytes(net, "cpu", torch.bfloat16) == 0
     assert winograd.expected_filter_bytes(net, "cuda", torch.float32) == 0
     held: list[int] = []
     before = winograd.held_filter_bytes()
-    gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        cond, empty = build_conditions(net, clip_f=torch.randn(1, LENGTHS.clip_seq_len, 24, generator=gen),
-                                       sync_f=torch.randn(1, LENGTHS.sync_seq_len, 16, generator=gen),
-                                       text_f=torch.randn(1, 10, 20, generator=gen))
-        x0 = initial_noise(1, 1, LENGTHS.latent_seq_len, 8)
+        cond, empty = build_conditions(net, **random_features(3))
+        x0 = initial_noise(1, 1, LENGTHS.latent_seq_len, LATENT_DIM)
         sample(net, x0, cond, empty, num_steps=2, cfg_strength=4.5,
                callback=lambda _k, _n, _x: held.append(winograd.held_filter_bytes() - before))
     assert held[0] == expected

@@ -78,7 +78,6 @@ class SwiGLU(nn.Module):
                  reuse_filters: bool = False) -> None:
         super().__init__()
         hidden = swiglu_hidden_dim(nominal_hidden)
-        self.kernel_size = kernel_size
         self.reuse_filters = reuse_filters and kernel_size == 3
         self._winograd = winograd.FilterCache()
         if kernel_size == 1:
@@ -99,7 +98,7 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
     def release_cached_filters(self) -> None:
-        """Drop the transformed filters (a third more memory than the convolution weights while kept)."""
+        """Drop the transformed filters (twice the convolution weights' memory while kept)."""
         self._winograd.clear()
 
 

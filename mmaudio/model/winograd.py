@@ -24,6 +24,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 import torch
@@ -140,11 +141,18 @@ _DATA = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2
          (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))  # B^T
 _FILTER = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
            (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))  # G
+_DATA_INNER = tuple(row[1:5] for row in _DATA)  # the columns of d1..d4
 _OUTPUT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))  # A^T
 
 
 def _matrix(rows: tuple[tuple[float, ...], ...], like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(rows, dtype=like.dtype, device=like.device)
+    return _transform(rows, like.dtype, like.device)
+
+
+@cache
+def _transform(rows: tuple[tuple[float, ...], ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A transform matrix, made once per dtype and device (the path runs on the CPU only) instead of per call."""
+    return torch.tensor(rows, dtype=dtype, device=device)
 
 
 def filter_tiles(weight: torch.Tensor) -> torch.Tensor:
@@ -178,7 +186,7 @@ def _tiles_from_phases(phases: torch.Tensor) -> torch.Tensor:
     tiles = rows - 2
     # d1..d4 are the four phases of tile i: one product with the middle columns of B^T; d0 (x[4i - 1], phase 3 of
     # the tile before) only enters v0 (times 4) and d5 (x[4i + 4], phase 0 of the tile after) only v5.
-    inner = _matrix(tuple(row[1:5] for row in _DATA), phases)
+    inner = _matrix(_DATA_INNER, phases)
     out = (inner @ phases[:, 1:tiles + 1].reshape(_OUTPUTS, -1)).view(_POINTS, tiles * batch, channels)
     out[0].view(-1).add_(phases[3, :tiles].reshape(-1), alpha=4)
     out[5].view(-1).add_(phases[0, 2:].reshape(-1))
