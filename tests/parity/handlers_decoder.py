@@ -88,12 +88,15 @@ def run_vae_plus_vocoder(case: GoldenCase) -> None:
     _check_outputs(case, {"mel": decoder.decode_mel(latent), "waveform": waveform})
 
 
-def run_mel(case: GoldenCase) -> None:
-    c = case.spec["constructor"]
+def _mel_config(c: Mapping[str, Any]) -> MelConfig:
     log = {"log10": "log10", "ln": "ln", "log": "ln"}[str(c["norm_fn"])]
-    config = MelConfig(sampling_rate=int(c["sampling_rate"]), n_fft=int(c["n_fft"]), num_mels=int(c["num_mels"]),
-                       hop_size=int(c["hop_size"]), win_size=int(c["win_size"]), fmin=float(c["fmin"]),
-                       fmax=float(c["fmax"]), log=log)
+    return MelConfig(sampling_rate=int(c["sampling_rate"]), n_fft=int(c["n_fft"]), num_mels=int(c["num_mels"]),
+                     hop_size=int(c["hop_size"]), win_size=int(c["win_size"]), fmin=float(c["fmin"]),
+                     fmax=float(c["fmax"]), log=log)
+
+
+def run_mel(case: GoldenCase) -> None:
+    config = _mel_config(case.spec["constructor"])
     converter = MelConverter(config)
     buffers = case.weights()
     # The stored buffers are the reference's computed constants; ours are computed independently.
@@ -105,9 +108,28 @@ def run_mel(case: GoldenCase) -> None:
     _check_outputs(case, {"mel": mel})
 
 
+def run_vae_encode(case: GoldenCase) -> None:
+    """Waveform -> mel -> VAE encoder -> posterior, through the decoder stack's own encode path."""
+    constructor = case.spec["constructor"]
+    vae = _build_vae(case, constructor["vae"], case.weights())
+    mel_config = _mel_config(constructor["mel_converter"])
+    assert mel_config == MelConverter.for_mode(str(case.spec["mode"])).config, (
+        f"case {case.name}: the mel front-end of mode {case.spec['mode']!r} differs from the case's")
+    io = case.io()
+    waveform, noise = io["in.waveform"], io["in.noise"]
+    mel = MelConverter(mel_config)(waveform)
+    posterior = vae.encode(mel)  # (B, latent_dim, T_latent), the layout of the case
+    computed = {"mean": posterior.mean, "std": posterior.std, "sample": posterior.mean + posterior.std * noise}
+    _check_outputs(case, computed)
+    debug = {"mel": mel, "logvar": posterior.logvar, "roundtrip_mel": vae.decode(posterior.mean)}
+    for name, tensor in debug.items():
+        assert_rel_l2(tensor, io[f"debug.{name}"], case.tolerance(name), f"{case.name}.debug.{name}")
+
+
 HANDLERS: dict[str, Callable[[GoldenCase], None]] = {
     "vae_decode": run_vae_decode,
     "vocoder": run_vocoder,
     "vae_plus_vocoder": run_vae_plus_vocoder,
     "mel": run_mel,
+    "vae_encode": run_vae_encode,
 }

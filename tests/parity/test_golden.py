@@ -25,6 +25,7 @@ KNOWN_KINDS: dict[str, str] = {
     "vocoder": "handlers_decoder",
     "vae_plus_vocoder": "handlers_decoder",
     "mel": "handlers_decoder",
+    "vae_encode": "handlers_decoder",
     "video": "handlers_features",
     "synchformer_visual": "handlers_features",
     "clip_image": "handlers_features",
