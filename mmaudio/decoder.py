@@ -14,29 +14,9 @@ from torch import nn
 
 from .errors import IncompatibleComponentsError, InvalidInputError
 from .mel import MelConverter
+from .modes import MODES, mode_named, mode_words
 from .vae import VAE, LatentDistribution, load_vae
 from .vocoder import BigVGAN, load_vocoder
-
-MODE_WORDS: dict[str, str] = {"16k": "16 kHz", "44k": "44.1 kHz"}
-MODE_SAMPLE_RATES: dict[str, int] = {"16k": 16000, "44k": 44100}
-# The files a user should pick for each mode, for messages.
-MODE_VAE_FILES: dict[str, str] = {"16k": "v1-16.pth", "44k": "v1-44.pth"}
-MODE_VOCODER_FILES: dict[str, str] = {"16k": "best_netG.pt", "44k": "BigVGAN v2 44 kHz"}
-MODE_VOCODER_ADVICE: dict[str, str] = {
-    "16k": "the BigVGAN v1 16 kHz vocoder (best_netG.pt)",
-    "44k": "the BigVGAN v2 44 kHz vocoder",
-}
-
-
-def normalize_mode(mode: str | int) -> str:
-    """"16k"/"44k" from a mode string or a sample rate (16000, 44100)."""
-    if isinstance(mode, int) and not isinstance(mode, bool):
-        for name, rate in MODE_SAMPLE_RATES.items():
-            if rate == mode:
-                return name
-    elif isinstance(mode, str) and mode.strip().lower() in MODE_WORDS:
-        return mode.strip().lower()
-    raise InvalidInputError(f"unknown audio mode {mode!r}; expected '16k', '44k', 16000 or 44100")
 
 
 class AudioDecoder(nn.Module):
@@ -47,8 +27,8 @@ class AudioDecoder(nn.Module):
         vae_name = vae.source or "the VAE"
         vocoder_name = vocoder.source or "the vocoder"
         if vae.mode is None or vae.mode != vocoder.mode or vae.num_mels != vocoder.config.num_mels:
-            vae_desc = f"{MODE_WORDS.get(vae.mode or '', 'unknown-rate')} ({vae.num_mels} mel bands)"
-            voc_desc = (f"{MODE_WORDS.get(vocoder.mode or '', 'unknown-rate')} ({vocoder.config.num_mels} mel bands, "
+            vae_desc = f"{mode_words(vae.mode)} ({vae.num_mels} mel bands)"
+            voc_desc = (f"{mode_words(vocoder.mode)} ({vocoder.config.num_mels} mel bands, "
                         f"{vocoder.hop_length}x)")
             raise IncompatibleComponentsError(
                 f"the VAE {vae_name} is a {vae_desc} model but the vocoder {vocoder_name} is {voc_desc}; "
@@ -83,7 +63,7 @@ class AudioDecoder(nn.Module):
 
     @property
     def sample_rate(self) -> int:
-        return int(self.vocoder.sample_rate or MODE_SAMPLE_RATES[self.mode])
+        return int(self.vocoder.sample_rate or MODES[self.mode].sample_rate)
 
     @property
     def latent_dim(self) -> int:
@@ -96,20 +76,19 @@ class AudioDecoder(nn.Module):
 
     def describe(self) -> str:
         """E.g. "16 kHz (v1-16.pth + best_netG.pt)"."""
-        vae_name = self.vae.source or MODE_VAE_FILES[self.mode]
-        vocoder_name = self.vocoder.source or MODE_VOCODER_FILES[self.mode]
-        return f"{MODE_WORDS[self.mode]} ({vae_name} + {vocoder_name})"
+        spec = MODES[self.mode]
+        return f"{spec.words} ({self.vae.source or spec.vae_file} + {self.vocoder.source or spec.vocoder_file})"
 
     def check_compatible(self, network_mode: str | int, network_name: str | None = None,
                          latent_dim: int | None = None) -> None:
         """Raise :class:`IncompatibleComponentsError` unless a network of ``network_mode`` (and ``latent_dim``,
         when given) can be decoded by this decoder. Cheap: call it before any compute."""
-        mode = normalize_mode(network_mode)
+        spec = mode_named(network_mode)
         network = f"the network {network_name}" if network_name else "the network"
-        if mode != self.mode:
+        if spec.name != self.mode:
             raise IncompatibleComponentsError(
-                f"the decoder is for {self.describe()} but {network} is a {MODE_WORDS[mode]} model; "
-                f"load {MODE_VAE_FILES[mode]} and {MODE_VOCODER_ADVICE[mode]}"
+                f"the decoder is for {self.describe()} but {network} is a {spec.words} model; "
+                f"load {spec.vae_file} and {spec.vocoder_name}"
             )
         if latent_dim is not None and latent_dim != self.latent_dim:
             raise IncompatibleComponentsError(
@@ -130,7 +109,7 @@ class AudioDecoder(nn.Module):
             if latent.ndim == 3 and latent.shape[1] == self.latent_dim:
                 hint = " (it looks like (batch, channels, frames); transpose it)"
             raise InvalidInputError(
-                f"latent must be (batch, frames, {self.latent_dim}) for the {MODE_WORDS[self.mode]} decoder, "
+                f"latent must be (batch, frames, {self.latent_dim}) for the {mode_words(self.mode)} decoder, "
                 f"got {tuple(latent.shape)}{hint}"
             )
         # Computed where the latent is: under a memory manager's partial load some weights may still sit on the

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import InvalidInputError
+from .modes import mode_named
 
 # Slaney's auditory scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above.
 _SLANEY_HZ_PER_MEL = 200.0 / 3.0
@@ -85,11 +86,9 @@ class MelConfig:
     @classmethod
     def for_mode(cls, mode: str) -> MelConfig:
         """The front-end the VAE of ``mode`` ("16k" or "44k") was trained on."""
-        if mode == "16k":
-            return cls(16000, 1024, 80, 256, 1024, 0.0, 8000.0, "log10")
-        if mode == "44k":
-            return cls(44100, 2048, 128, 512, 2048, 0.0, 22050.0, "ln")
-        raise ValueError(f"unknown mel mode {mode!r}; expected '16k' or '44k'")
+        spec = mode_named(mode)
+        return cls(spec.sample_rate, spec.n_fft, spec.num_mels, spec.hop_length, spec.n_fft, 0.0, spec.mel_fmax,
+                   spec.mel_log)
 
     def num_frames(self, num_samples: int) -> int:
         """Mel frames for a waveform of ``num_samples`` samples."""

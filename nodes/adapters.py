@@ -27,13 +27,13 @@ from ..mmaudio.features.streaming import VideoFile
 from ..mmaudio.features.synchformer import load_synchformer, num_segments
 from ..mmaudio.model import SequenceLengths, build_network_from_state_dict, winograd
 from ..mmaudio.model.config import TRAINING_DURATION_S
+from ..mmaudio.modes import mode_words
 from ..mmaudio.vae import load_vae
 from ..mmaudio.vocoder import load_vocoder
 from . import model_folder
 from .memory import choose_placement, load_for_compute, narrow_layer_weights, to_output, wrap
 from .progress import NodeProgress
 from .types import (
-    MODE_WORDS,
     AudioConditions,
     AudioLatents,
     DecoderHandle,
@@ -370,7 +370,7 @@ def decode_audio(decoder: DecoderHandle, latents: AudioLatents) -> dict[str, Any
     """ComfyUI AUDIO: float32 waveform [B, 1, samples] on the CPU, trimmed to the duration."""
     if latents.mode != decoder.mode or latents.latents.shape[-1] != decoder.latent_dim:
         raise IncompatibleComponentsError(
-            f"the latents come from a {MODE_WORDS.get(latents.mode, latents.mode)} network but the decoder is "
+            f"the latents come from a {mode_words(latents.mode)} network but the decoder is "
             f"{decoder.description}; load the decoder files of the network's mode"
         )
     batch = latents.latents.shape[0]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
+from ..mmaudio.modes import mode_words
 from .memory import Placement
 
 NetworkType = io.Custom("MMAUDIO_SYNC_NETWORK")
@@ -22,8 +23,6 @@ FeatureModelsType = io.Custom("MMAUDIO_SYNC_FEATURE_MODELS")
 DecoderType = io.Custom("MMAUDIO_SYNC_DECODER")
 ConditionsType = io.Custom("MMAUDIO_SYNC_CONDITIONS")
 LatentType = io.Custom("MMAUDIO_SYNC_LATENT")
-
-MODE_WORDS = {"16k": "16 kHz", "44k": "44.1 kHz"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class NetworkHandle:
         return self.patcher.model.network
 
     def describe(self) -> str:
-        return f"{self.variant} ({MODE_WORDS.get(self.mode, self.mode)}, {self.file_name})"
+        return f"{self.variant} ({mode_words(self.mode)}, {self.file_name})"
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ def test_network_mode_mismatch_is_reported_before_any_compute() -> None:
         decoder.check_compatible("44k", network_name="mmaudio_large_44k_v2")
     message = str(info.value)
     for part in ("16 kHz", "v1-16.pth", "best_netG.pt", "mmaudio_large_44k_v2", "44.1 kHz", "v1-44.pth",
-                 "BigVGAN v2 44 kHz"):
+                 "BigVGAN v2 44.1 kHz"):
         assert part in message, (part, message)
     assert calls == []
     decoder.check_compatible("16k", network_name="mmaudio_small_16k", latent_dim=20)

@@ -53,11 +53,11 @@ def test_shortest_duration_is_one_sync_segment() -> None:
 def test_lengths_are_consistent(mode: str, duration: float) -> None:
     lengths = SequenceLengths.for_duration(duration, mode)
     spec = MODES[mode]
-    assert lengths.sample_rate == spec.sampling_rate
+    assert lengths.sample_rate == spec.sample_rate
     assert lengths.sync_seq_len % 8 == 0
     assert lengths.num_audio_samples == lengths.latent_seq_len * spec.hop_length * 2
     # the decoded audio covers the duration and overshoots by less than one latent
-    assert duration * spec.sampling_rate <= lengths.num_audio_samples < (duration * spec.sampling_rate
+    assert duration * spec.sample_rate <= lengths.num_audio_samples < (duration * spec.sample_rate
                                                                          + 2 * spec.hop_length)
     assert lengths.clip_seq_len == int(duration * 8)
     # all 16-frame segments fit in the 25 fps frames, and one more would not

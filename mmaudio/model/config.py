@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .sequence_config import MODES, SequenceLengths
+from ..modes import MODES
+from .sequence_config import SequenceLengths
 
 # The published networks were trained at 8 s; they are built with that duration's sequence lengths.
 TRAINING_DURATION_S = 8.0
@@ -81,7 +82,7 @@ class NetworkConfig:
 
     @property
     def sample_rate(self) -> int | None:
-        return MODES[self.mode].sampling_rate if self.mode else None
+        return MODES[self.mode].sample_rate if self.mode else None
 
     # ---- construction helpers ------------------------------------------------------------------------------
     def architecture(self) -> dict[str, Any]:

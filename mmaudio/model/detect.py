@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import WrongCheckpointError
+from ..modes import mode_of_latent_dim
 from .config import CHECKPOINT_FILES, TRAINING_DURATION_S, VARIANTS, NetworkConfig
 from .network import RECOMPUTED_KEYS, MMAudioNetwork
 from .sequence_config import SequenceLengths
@@ -22,7 +23,6 @@ _ANCHOR = "audio_input_proj.0.weight"
 _REQUIRED = (_ANCHOR, "t_embed.mlp.0.weight", "latent_mean", "empty_string_feat", "clip_input_proj.0.weight",
              "sync_input_proj.0.weight", "text_input_proj.0.weight")
 _BLOCK_INDEX = re.compile(r"^(joint_blocks|fused_blocks)\.(\d+)\.")
-_LATENT_DIM_MODES = {20: "16k", 40: "44k"}
 
 
 def expected_files_text() -> str:
@@ -141,7 +141,7 @@ def config_from_state_dict(shapes: Mapping[str, Any]) -> NetworkConfig:
     if head_dim <= 0 or hidden % head_dim:
         raise WrongCheckpointError(f"inconsistent MMAudio flow network: head size {head_dim} does not divide the "
                                    f"hidden size {hidden}")
-    mode = _LATENT_DIM_MODES.get(latent_dim)
+    mode = mode_of_latent_dim(latent_dim)
     lengths = SequenceLengths.for_duration(TRAINING_DURATION_S, mode or "44k")
     config = NetworkConfig(
         latent_dim=latent_dim,

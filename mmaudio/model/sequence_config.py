@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
+from ..modes import MODES, AudioMode
 
 CLIP_FPS = 8
 SYNC_FPS = 25
@@ -23,19 +24,6 @@ LATENT_DOWNSAMPLE = 2  # one latent per two spectrogram frames
 # One Synchformer segment (16 frames at 25 fps) is the shortest input the network can be conditioned on.
 MIN_DURATION_S = SYNC_FRAMES_PER_SEGMENT / SYNC_FPS
 
-
-@dataclass(frozen=True)
-class ModeSpec:
-    """Audio side of a mode: output sample rate and spectrogram hop of its VAE."""
-
-    sampling_rate: int
-    hop_length: int
-
-
-MODES: dict[str, ModeSpec] = {
-    "16k": ModeSpec(sampling_rate=16000, hop_length=256),
-    "44k": ModeSpec(sampling_rate=44100, hop_length=512),
-}
 
 
 def validate_duration(duration_s: object) -> float:
@@ -53,10 +41,10 @@ def validate_duration(duration_s: object) -> float:
     return duration
 
 
-def _mode_spec(mode: str) -> ModeSpec:
+def _mode_spec(mode: str) -> AudioMode:
     try:
         return MODES[mode]
-    except KeyError:
+    except (KeyError, TypeError):
         raise InvalidInputError(f"mode must be one of {sorted(MODES)}, got {mode!r}") from None
 
 
@@ -77,13 +65,13 @@ class SequenceLengths:
         """Lengths for ``duration_s`` seconds in ``mode`` ("16k" or "44k"); validates before computing."""
         spec = _mode_spec(mode)
         duration = validate_duration(duration_s)
-        latent = math.ceil(duration * spec.sampling_rate / spec.hop_length / LATENT_DOWNSAMPLE)
+        latent = math.ceil(duration * spec.sample_rate / spec.hop_length / LATENT_DOWNSAMPLE)
         clip = int(duration * CLIP_FPS)
         segments = (duration * SYNC_FPS - SYNC_FRAMES_PER_SEGMENT) // SYNC_STEP + 1
         sync = int(segments * SYNC_FRAMES_PER_SEGMENT / SYNC_DOWNSAMPLE)
         samples = latent * spec.hop_length * LATENT_DOWNSAMPLE
         return cls(duration=duration, mode=mode, latent_seq_len=int(latent), clip_seq_len=clip,
-                   sync_seq_len=sync, num_audio_samples=samples, sample_rate=spec.sampling_rate)
+                   sync_seq_len=sync, num_audio_samples=samples, sample_rate=spec.sample_rate)
 
     @property
     def num_clip_frames(self) -> int:

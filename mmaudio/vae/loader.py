@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..modes import mode_of_mels
 from .checkpoint_info import expected_shapes, key_mismatch, tensor_shapes, wrong_checkpoint
-from .model import MODE_DATA_DIM, VAE, VAEConfig
+from .model import VAE, VAEConfig
 
 EXPECTED = "an MMAudio VAE (v1-16.pth / v1-44.pth / mmaudio_vae_*.safetensors)"
 _PROBE_KEYS = ("decoder.conv_in.weight", "decoder.conv_out.weight")
@@ -26,7 +27,7 @@ def infer_vae_config(state_dict: Mapping[str, Any], source: str = "the VAE check
         raise wrong_checkpoint(source, EXPECTED, state_dict)
     data_dim, hidden_dim, _ = shapes["decoder.conv_out.weight"]
     _, embed_dim, _ = shapes["decoder.conv_in.weight"]
-    if data_dim not in MODE_DATA_DIM.values():
+    if mode_of_mels(data_dim) is None:
         raise wrong_checkpoint(source, EXPECTED, state_dict,
                                f"its decoder outputs {data_dim} mel bands; MMAudio VAEs have 80 (16k) or 128 (44k)")
     return VAEConfig(data_dim=data_dim, embed_dim=embed_dim, hidden_dim=hidden_dim)

@@ -15,13 +15,11 @@ import torch
 from torch import nn
 
 from ..errors import WrongCheckpointError
+from ..modes import mode_named, mode_of_mels
 from ..ops import resolve_ops
 from .blocks import AttentionBlock, Downsample, ResnetBlock, Upsample, mp_conv
 from .distribution import LatentDistribution
 from .mp_layers import mp_normalized_weight, mp_silu
-
-# data_dim (mel bands) of each mode.
-MODE_DATA_DIM: dict[str, int] = {"16k": 80, "44k": 128}
 
 
 @dataclass(frozen=True)
@@ -42,19 +40,13 @@ class VAEConfig:
     @property
     def mode(self) -> str | None:
         """"16k" or "44k" from the number of mel bands, None for a non-MMAudio width."""
-        for mode, dim in MODE_DATA_DIM.items():
-            if dim == self.data_dim:
-                return mode
-        return None
+        return mode_of_mels(self.data_dim)
 
     @classmethod
     def for_mode(cls, mode: str) -> VAEConfig:
         """The full-size configuration of ``v1-16.pth`` or ``v1-44.pth``."""
-        if mode == "16k":
-            return cls(data_dim=80, embed_dim=20, hidden_dim=384)
-        if mode == "44k":
-            return cls(data_dim=128, embed_dim=40, hidden_dim=512)
-        raise ValueError(f"unknown VAE mode {mode!r}; expected '16k' or '44k'")
+        spec = mode_named(mode)
+        return cls(data_dim=spec.num_mels, embed_dim=spec.latent_dim, hidden_dim=spec.vae_hidden_dim)
 
 
 class MidBlock(nn.Module):

@@ -9,6 +9,8 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
+from ..modes import MODES
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 # The two vocoders MMAudio uses, by mode.
@@ -16,14 +18,6 @@ KNOWN_CONFIG_FILES: dict[str, str] = {
     "16k": "vocoder_bigvgan_v1_16k.json",
     "44k": "bigvgan_v2_44khz_128band_512x.json",
 }
-# Human names for messages.
-KNOWN_VOCODER_NAMES: dict[str, str] = {
-    "16k": "BigVGAN v1 16 kHz (best_netG.pt)",
-    "44k": "BigVGAN v2 44.1 kHz (nvidia/bigvgan_v2_44khz_128band_512x)",
-}
-# Sample rate of each mode when a config does not say.
-MODE_SAMPLE_RATE: dict[str, int] = {"16k": 16000, "44k": 44100}
-MODE_NUM_MELS: dict[str, int] = {"16k": 80, "44k": 128}
 
 
 @dataclass(frozen=True)
@@ -80,9 +74,9 @@ class BigVGANConfig:
     @property
     def mode(self) -> str | None:
         """"16k" / "44k" when this vocoder fits the MMAudio VAE of that mode (mel bands and hop), else None."""
-        for mode, mels in MODE_NUM_MELS.items():
-            if mels == self.num_mels and self.hop_length == {"16k": 256, "44k": 512}[mode]:
-                return mode
+        for spec in MODES.values():
+            if spec.num_mels == self.num_mels and spec.hop_length == self.hop_length:
+                return spec.name
         return None
 
     @property
@@ -90,7 +84,7 @@ class BigVGANConfig:
         if self.sampling_rate is not None:
             return self.sampling_rate
         mode = self.mode
-        return MODE_SAMPLE_RATE[mode] if mode else None
+        return MODES[mode].sample_rate if mode else None
 
     def with_width(self, upsample_initial_channel: int) -> BigVGANConfig:
         """The same structure at another width (the test fixtures shrink only this)."""

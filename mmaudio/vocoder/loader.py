@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
+from ..modes import MODES, mode_of_mels
 from ..vae.checkpoint_info import expected_shapes, key_mismatch, tensor_shapes, wrong_checkpoint
 from .bigvgan import BigVGAN
-from .config import KNOWN_VOCODER_NAMES, MODE_NUM_MELS, BigVGANConfig
+from .config import BigVGANConfig
 
 EXPECTED = "a BigVGAN vocoder (best_netG.pt for 16 kHz, bigvgan_generator.pt of bigvgan_v2_44khz_128band_512x)"
 
@@ -77,7 +78,7 @@ def infer_vocoder_config(state_dict: Mapping[str, Any], source: str = "the vocod
     if pre is None or len(pre) != 3 or not has_post:
         raise wrong_checkpoint(source, EXPECTED, state_dict)
     width, num_mels, _ = pre
-    mode = next((m for m, mels in MODE_NUM_MELS.items() if mels == num_mels), None)
+    mode = mode_of_mels(num_mels)
     if mode is None:
         raise wrong_checkpoint(source, EXPECTED, state_dict,
                                f"it takes {num_mels} mel bands; MMAudio's vocoders take 80 (16 kHz) or 128 (44.1 kHz)")
@@ -86,7 +87,7 @@ def infer_vocoder_config(state_dict: Mapping[str, Any], source: str = "the vocod
         has = "has" if "conv_post.bias" in shapes else "has no"
         raise wrong_checkpoint(source, EXPECTED, state_dict,
                                f"it takes {num_mels} mel bands but {has} conv_post bias, unlike "
-                               f"{KNOWN_VOCODER_NAMES[mode]}: another BigVGAN release, which MMAudio cannot use")
+                               f"{MODES[mode].vocoder_name}: another BigVGAN release, which MMAudio cannot use")
     return config
 
 

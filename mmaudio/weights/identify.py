@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..modes import MODES, mode_of_latent_dim, mode_of_mels, mode_words
+
 log = logging.getLogger(__name__)
 
 Shapes = Mapping[str, Sequence[int]]
@@ -34,7 +36,6 @@ KIND_NAMES = {
     "clip": "a DFN5B CLIP model",
     "unknown": "not an MMAudio file",
 }
-_MODE_WORDS = {"16k": "16 kHz", "44k": "44.1 kHz"}
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,6 @@ PUBLISHED_NETWORKS: dict[str, tuple[int, int, int, int, bool]] = {
     "large_44k": (40, 896, 21, 14, False),
     "large_44k_v2": (40, 896, 21, 14, True),
 }
-_LATENT_TO_MODE = {20: "16k", 40: "44k"}
 _NETWORK_REQUIRED = (
     "t_embed.mlp.0.weight", "final_layer.conv.weight", "latent_mean", "latent_std", "clip_input_proj.0.weight",
     "sync_input_proj.0.weight", "text_input_proj.0.weight", "empty_string_feat", "empty_clip_feat",
@@ -209,7 +209,7 @@ def _network(view: Shapes, prefix: str, shapes: Shapes) -> CheckpointIdentity | 
          and hp["clip_dim"] == 1024 and hp["sync_dim"] == 768 and hp["text_dim"] == 1024),
         "custom",
     )
-    mode = _LATENT_TO_MODE.get(hp["latent_dim"])
+    mode = mode_of_latent_dim(hp["latent_dim"])
     problems = [f"missing tensor '{key}'" for key in _NETWORK_REQUIRED if key not in view]
     verdict = _network_from_model_package(view)
     if verdict is not None and verdict.error is None:
@@ -236,7 +236,7 @@ def _network(view: Shapes, prefix: str, shapes: Shapes) -> CheckpointIdentity | 
     else:
         label = variant
         layout = f"mmaudio_{variant}.pth layout"
-    sound = f"{_MODE_WORDS[mode]}, " if mode else ""
+    sound = f"{mode_words(mode)}, " if mode else ""
     description = f"MMAudio flow network {label} ({sound}{_human_count(n)} parameters; {layout}{_nesting(prefix)})"
     return CheckpointIdentity(
         kind="network", variant=variant, mode=mode, description=description, prefix=prefix, layout=layout,
@@ -246,8 +246,6 @@ def _network(view: Shapes, prefix: str, shapes: Shapes) -> CheckpointIdentity | 
 
 # ---- mel VAE -------------------------------------------------------------------------------------------------
 
-_VAE_MODES = {(80, 20): "16k", (128, 40): "44k"}
-_VAE_PUBLISHED_HIDDEN = {"16k": 384, "44k": 512}
 
 
 def _vae(view: Shapes, prefix: str, shapes: Shapes) -> CheckpointIdentity | None:
@@ -258,8 +256,8 @@ def _vae(view: Shapes, prefix: str, shapes: Shapes) -> CheckpointIdentity | None
     if "decoder.learnable_gain" not in view:  # magnitude-preserving (EDM2) VAE marker; other VAEs lack it
         return None
     data_dim, hidden, embed_dim = conv_out[0], conv_out[1], conv_in[1]
-    mode = _VAE_MODES.get((data_dim, embed_dim))
-    published = mode is not None and hidden == _VAE_PUBLISHED_HIDDEN[mode]
+    mode = mode_of_mels(data_dim, embed_dim)
+    published = mode is not None and hidden == MODES[mode].vae_hidden_dim
     variant = ("v1-16" if mode == "16k" else "v1-44") if published else "custom"
     has_encoder = "encoder.conv_in.weight" in view
     notes: list[str] = []
@@ -275,7 +273,7 @@ def _vae(view: Shapes, prefix: str, shapes: Shapes) -> CheckpointIdentity | None
     layout = f"{variant}.pth layout" if published else "VAE layout"
     if not has_encoder:
         layout += ", decoder only"
-    sound = _MODE_WORDS.get(mode, f"{data_dim} mel bands") if mode else f"{data_dim} mel bands"
+    sound = mode_words(mode) if mode else f"{data_dim} mel bands"
     description = f"MMAudio VAE, {sound}{width} ({_human_count(n)} parameters; {layout}{_nesting(prefix)})"
     details = {"data_dim": data_dim, "embed_dim": embed_dim, "hidden_dim": hidden, "has_encoder": has_encoder}
     return CheckpointIdentity(

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mmaudio.model import Conditions, MMAudioNetwork, NetworkConfig, SequenceLengths, config_from_state_dict
-from mmaudio.model.sequence_config import MODES
+from mmaudio.modes import MODES
 from mmaudio.sampling import build_conditions, flow_time_grid, reference_noise, sample
 
 from .cases import GoldenCase, assert_rel_l2
@@ -262,7 +262,7 @@ def run_seqconfig_case(case: GoldenCase) -> None:
     checked = 0
     for mode, table in case.spec["modes"].items():
         assert mode in MODES, f"{case.name}: unknown mode {mode!r}"
-        assert MODES[mode].sampling_rate == table["sampling_rate"], f"{case.name}: {mode} sample rate differs"
+        assert MODES[mode].sample_rate == table["sampling_rate"], f"{case.name}: {mode} sample rate differs"
         assert MODES[mode].hop_length == table["spectrogram_frame_rate"], f"{case.name}: {mode} hop differs"
         for row in table["rows"]:
             lengths = SequenceLengths.for_duration(float(row["duration"]), mode)
