@@ -56,14 +56,21 @@ def test_swiglu3_equals_the_plain_mlp_in_float64(length: int) -> None:
 
 def test_float32_differences_stay_near_rounding_level_on_a_real_width() -> None:
     """small_16k's MLP (448 -> 1280 -> 448) over both guidance branches of an 8 s clip: within a few times the
-    plain convolution's own float32 error."""
+    plain convolution's own float32 error.
+
+    Both errors are measured against float64 on the same inputs. The plain path's error depends on the CPU's
+    kernels (3.2e-7 with AVX-512, 1.5e-6 with AVX2 on the same machine), so it is the yardstick, not a number.
+    """
     x = torch.randn(2, 250, 448, generator=torch.Generator().manual_seed(0))
     w1, w3 = _weights(1280, 448, 3, dtype=torch.float32, seed=5), _weights(1280, 448, 3, dtype=torch.float32, seed=6)
     w2 = _weights(448, 1280, 3, dtype=torch.float32, seed=7)
     exact = _plain_swiglu(x.double(), w1.double(), w2.double(), w3.double())
     fast = rel_l2(winograd.swiglu3(x, *winograd.swiglu_filters(w1, w2, w3)).double(), exact)
     plain = rel_l2(_plain_swiglu(x, w1, w2, w3).double(), exact)
-    assert plain < 1e-6
+    # The yardstick is float32 rounding: non-zero, and within sqrt(longest reduction) units of float32 epsilon
+    # (the usual statistical bound for sums of rounded products; any float32 kernel stays far inside it).
+    longest_reduction = 1280 * 3
+    assert 0 < plain < longest_reduction**0.5 * torch.finfo(torch.float32).eps
     assert fast < 8 * plain
 
 
