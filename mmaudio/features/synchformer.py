@@ -13,6 +13,7 @@ and fine-tunes load strictly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -122,14 +123,62 @@ class DividedBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def tubelet_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.conv3d(x, weight, bias, stride=kernel)`` as a reshape into non-overlapping tubelets and one matmul.
+
+    Apple's MPS backend has no 3-D convolution; a strided reshape and a matrix product run everywhere. Like the
+    convolution, trailing frames or pixels that do not fill a whole tubelet are dropped. ``x`` is (B, C, T, H, W),
+    ``weight`` (D, C, kt, kh, kw); returns (B, D, T // kt, H // kh, W // kw) as a view of a channel-last result.
+    """
+    if x.ndim != 5 or weight.ndim != 5 or x.shape[1] != weight.shape[1]:
+        raise InvalidInputError(
+            f"tubelet embedding: got input {tuple(x.shape)} and weight {tuple(weight.shape)}; expected input "
+            f"(B, {weight.shape[1]}, T, H, W) for weight (D, C, kt, kh, kw)")
+    kt, kh, kw = weight.shape[2:]
+    t, h, w = x.shape[2] // kt, x.shape[3] // kh, x.shape[4] // kw
+    if min(t, h, w) == 0:
+        raise InvalidInputError(
+            f"tubelet embedding: input {tuple(x.shape)} is smaller than one {kt}x{kh}x{kw} tubelet")
+    x = x[:, :, :t * kt, :h * kh, :w * kw]
+    tubelets = x.unflatten(4, (w, kw)).unflatten(3, (h, kh)).unflatten(2, (t, kt))  # (B, C, t, kt, h, kh, w, kw)
+    rows = tubelets.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(x.shape[0], t, h, w, -1)  # (B, t, h, w, C*kt*kh*kw)
+    return F.linear(rows, weight.reshape(weight.shape[0], -1), bias).permute(0, 4, 1, 2, 3)
+
+
+class _TubeletConv:
+    """Mixin for a Conv3d class whose stride equals its kernel: the convolution itself becomes
+    :func:`tubelet_matmul`, while the layer's ``forward`` still casts (or patches) its weight and bias as it
+    would for the convolution (``mmaudio.ops`` and ``comfy.ops`` layers all hand them to ``_conv_forward``)."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      *args: Any, **kwargs: Any) -> torch.Tensor:
+        layer: Any = self
+        tiled = (layer.stride == layer.kernel_size and layer.padding in ((0, 0, 0), "valid")
+                 and layer.dilation == (1, 1, 1) and layer.groups == 1)
+        if not tiled or any(value is not None for value in (*args, *kwargs.values())):
+            raise ValueError(
+                f"{type(self).__name__}: only non-overlapping tubelets (stride = kernel, no padding, dilation or "
+                f"groups) are computed as a matmul; got stride {layer.stride}, kernel {layer.kernel_size}, padding "
+                f"{layer.padding}, dilation {layer.dilation}, groups {layer.groups}, extra options {args} {kwargs}")
+        return tubelet_matmul(input, weight, bias)
+
+
+@functools.cache
+def tubelet_conv_class(conv3d: type[nn.Conv3d]) -> type[nn.Conv3d]:
+    """A subclass of ``conv3d`` (a plain, casting or ComfyUI Conv3d class) computing through
+    :func:`tubelet_matmul`; its layers are still ``conv3d`` layers, so memory managers and weight loaders treat
+    them as before."""
+    return type(f"Tubelet{conv3d.__name__}", (_TubeletConv, conv3d), {"__module__": __name__})
+
+
 class TubeletEmbed(nn.Module):
-    """Conv3d with kernel = stride = (2, 16, 16): one token per 2-frame x 16 x 16 tubelet."""
+    """Kernel = stride = (2, 16, 16) Conv3d weights: one token per 2-frame x 16 x 16 tubelet."""
 
     def __init__(self, cfg: MotionFormerConfig, ops: Any) -> None:
         super().__init__()
         conv3d = getattr(ops, "Conv3d", None) or default_ops().Conv3d
         k = (cfg.tubelet, cfg.patch, cfg.patch)
-        self.proj = conv3d(3, cfg.dim, kernel_size=k, stride=k)
+        self.proj = tubelet_conv_class(conv3d)(3, cfg.dim, kernel_size=k, stride=k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W) -> (B, t*h*w, D), time-major
         return self.proj(x).flatten(2).transpose(1, 2)
