@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -385,7 +388,7 @@ def test_a_failure_late_in_a_batch_leaves_no_file(
 # --- write_audio ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus", "ogg"])
 def test_write_audio_formats(tmp_path: Path, fmt: str) -> None:
     audio = tone(1.0, 44100)
     path = media.write_audio(tmp_path / f"a.{fmt}", audio, 44100)
@@ -396,7 +399,7 @@ def test_write_audio_formats(tmp_path: Path, fmt: str) -> None:
         assert rate == 44100
         np.testing.assert_allclose(samples, audio.numpy(), atol=1.5 / 32768)
     else:
-        assert rate == (48000 if fmt == "opus" else 44100)
+        assert rate == (48000 if fmt in ("opus", "ogg") else 44100)
         # lossy codecs add encoder delay and frame padding: within two frames of the true length
         assert abs(samples.shape[1] / rate - 1.0) <= 2 * frame / rate
 
@@ -405,13 +408,129 @@ def test_write_audio_format_argument_and_errors(tmp_path: Path) -> None:
     media.write_audio(tmp_path / "noext", tone(0.2, 16000, channels=1)[None], 16000, format="flac")
     with av.open(str(tmp_path / "noext")) as handle:
         assert handle.streams.audio[0].codec_context.name == "flac"
-    with pytest.raises(InvalidInputError, match="format"):
+    with pytest.raises(InvalidInputError, match=r"'.*x.xyz' does not end in an audio file extension.*\.wav.*\.ogg"):
         media.write_audio(tmp_path / "x.xyz", tone(0.2, 16000), 16000)
+    with pytest.raises(InvalidInputError, match="unknown audio format 'aiff'"):
+        media.write_audio(tmp_path / "x.wav", tone(0.2, 16000), 16000, format="aiff")
     with pytest.raises(InvalidInputError, match="batch of 2"):
         media.write_audio(tmp_path / "x.wav", torch.zeros(2, 1, 100), 16000)
     with pytest.raises(InvalidInputError, match="sample_rate"):
         media.write_audio(tmp_path / "x.wav", torch.zeros(1, 100), 0)
     assert listing(tmp_path) == {"noext"}
+
+
+def test_ogg_is_opus_in_ogg(tmp_path: Path) -> None:
+    path = media.write_audio(tmp_path / "a.ogg", tone(0.5, 16000, channels=1), 16000)
+    with av.open(str(path)) as handle:
+        assert handle.format.name == "ogg"
+        assert handle.streams.audio[0].codec_context.name == "opus"
+
+
+# --- staging: permissions, atomic replacement, nothing left behind ------------------------------------------------
+
+
+@pytest.fixture(params=[0o022, 0o027, 0o002])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Run the test under this umask (process-wide; the tests run in one thread)."""
+    previous = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_outputs_get_the_mode_of_a_new_file(clips: dict[str, Path], tmp_path: Path, umask: int) -> None:
+    """0o644 under umask 0o022, as for any new file: not the 0o600 of a private temporary file."""
+    expected = 0o666 & ~umask
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(b"")  # what the system gives a new file here (a default ACL would show in it too)
+    assert _mode(plain) == expected
+    audio = media.write_audio(tmp_path / "a.flac", tone(0.2, 16000), 16000)
+    (video,) = media.mux_audio_into_video(clips["12fps"], tone(0.2, 16000), 16000, tmp_path / "v.mp4")
+    frames = media.encode_frames(square_frames(3, 48, 64, 2), 12, tmp_path / "f.mkv", container="mkv")
+    (from_frames,) = media.mux_audio_into_video(
+        torch.from_numpy(square_frames(3, 48, 64, 2)), tone(0.2, 16000), 16000, tmp_path / "w.webm", fps=12
+    )
+    for path in (audio, video, frames, from_frames):
+        assert _mode(path) == expected, path.name
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_replaced_output_gets_the_mode_of_a_new_file(tmp_path: Path, umask: int) -> None:
+    old = tmp_path / "a.wav"
+    old.write_bytes(b"old")
+    old.chmod(0o600)
+    media.write_audio(old, tone(0.2, 16000), 16000)
+    assert _mode(old) == 0o666 & ~umask
+
+
+def test_an_existing_output_is_replaced_whole_on_success(tmp_path: Path) -> None:
+    old = tmp_path / "a.wav"
+    old.write_bytes(b"old")
+    media.write_audio(old, tone(0.2, 16000), 16000)
+    assert listing(tmp_path) == {"a.wav"}
+    samples, rate, _, _ = decoded_audio(old)
+    assert rate == 16000 and samples.shape == (2, 3200)
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("encoder failed"), KeyboardInterrupt()])
+def test_a_failed_audio_write_keeps_the_old_file_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    old = tmp_path / "a.flac"
+    old.write_bytes(b"old")
+    real = media.audio.encode_samples
+
+    def fail_midway(track, samples, start_pts=0):
+        real(track, samples[:, :100], start_pts)  # some packets made, the file begun
+        raise failure
+
+    monkeypatch.setattr(media.audio, "encode_samples", fail_midway)
+    with pytest.raises(type(failure)):
+        media.write_audio(old, tone(0.5, 16000), 16000)
+    assert listing(tmp_path) == {"a.flac"}
+    assert old.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("failure", [InvalidInputError("simulated"), KeyboardInterrupt()])
+def test_a_failed_mux_keeps_the_old_files_and_leaves_nothing(
+    clips: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    for name in ("s0.mp4", "s1.mp4"):
+        (tmp_path / name).write_bytes(b"old")
+    real = muxing._write_with_audio
+    calls: list[Path] = []
+
+    def fail_on_second(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            args[1].write_bytes(b"half a file")
+            raise failure
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(muxing, "_write_with_audio", fail_on_second)
+    with pytest.raises(type(failure)):
+        media.mux_audio_into_video(clips["12fps"], torch.zeros(2, 1, 1000), 16000, tmp_path / "s{index}.mp4")
+    assert listing(tmp_path) == {"s0.mp4", "s1.mp4"}
+    assert {(tmp_path / n).read_bytes() for n in ("s0.mp4", "s1.mp4")} == {b"old"}  # the first one too
+
+
+def test_a_folder_in_the_way_is_an_input_error_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a.wav").mkdir()
+    with pytest.raises(InvalidInputError, match=r"cannot put the finished file at '.*a.wav'"):
+        media.write_audio(tmp_path / "a.wav", tone(0.2, 16000), 16000)
+    assert listing(tmp_path) == {"a.wav"} and listing(tmp_path / "a.wav") == set()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc on this system")
+def test_a_folder_that_takes_no_files_is_an_input_error() -> None:
+    with pytest.raises(InvalidInputError, match=r"cannot write '/proc/a.wav': the folder '/proc' does not accept"):
+        media.write_audio("/proc/a.wav", tone(0.2, 16000), 16000)
 
 
 # --- bad input ------------------------------------------------------------------------------------------------

@@ -259,3 +259,21 @@ def test_trimmed_file_video_is_encoded_from_its_trimmed_frames(
     result = run(mux, audio=audio_input(tone(2.0, 16000)[None], 16000), video=TrimmedVideo(str(clip)))
     info = media.probe_video(Path(result.args[0].get_stream_source()))
     assert info.frame_count == 12 and info.duration == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("save_output", [True, False])
+def test_saved_and_preview_files_get_the_mode_of_a_new_file(
+    mux: ModuleType, dirs: SimpleNamespace, clip: Path, save_output: bool
+) -> None:
+    """Under umask 0o022 a saved video is 0o644 like any file ComfyUI writes, not a private 0o600 temp file."""
+    previous = os.umask(0o022)
+    try:
+        result = run(mux, audio=audio_input(tone(0.5, 16000)[None], 16000), video=StandInVideoFromFile(str(clip)),
+                     save_output=save_output)
+    finally:
+        os.umask(previous)
+    written = Path(result.args[0].get_stream_source())
+    assert written.parent.is_relative_to(dirs.output if save_output else dirs.temp)
+    assert written.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in written.parent.iterdir()] == [written.name]  # no temporary file left beside it

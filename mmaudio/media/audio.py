@@ -36,12 +36,14 @@ _FIXED_RATES: dict[str, int] = {"opus": 48000}
 # FFmpeg's own Opus encoder is marked experimental and refuses to open without this.
 _ENCODER_OPTIONS: dict[str, dict[str, str]] = {"opus": {"strict": "experimental"}}
 
-# write_audio formats: extension -> (muxer, codec choice)
+# write_audio formats: extension -> (muxer, codec choice). ".ogg" is Opus in Ogg, as ".opus": every PyAV build
+# has an Opus encoder (libopus, or FFmpeg's own), while its only Vorbis encoder is FFmpeg's experimental one.
 AUDIO_FILE_FORMATS: dict[str, tuple[str, str]] = {
     "wav": ("wav", "pcm_s16le"),
     "flac": ("flac", "flac"),
     "mp3": ("mp3", "mp3"),
     "opus": ("ogg", "opus"),
+    "ogg": ("ogg", "opus"),
 }
 
 _CHUNK_SAMPLES = 1 << 16  # frames handed to an encoder at once; bounds the float copies made per frame
@@ -188,23 +190,27 @@ def encode_samples(track: AudioTrack, samples: np.ndarray, start_pts: int = 0) -
 
 
 def _audio_format(path: Path, format: str | None) -> str:
+    """The AUDIO_FILE_FORMATS key for ``path``: ``format`` when given, else its extension."""
     name = (format or path.suffix.lstrip(".")).lower()
-    if name not in AUDIO_FILE_FORMATS:
-        raise InvalidInputError(
-            f"cannot tell the audio format of '{path}'; pass format= one of {sorted(AUDIO_FILE_FORMATS)}"
-            if not format
-            else f"unknown audio format {format!r}; expected one of {sorted(AUDIO_FILE_FORMATS)}"
-        )
-    return name
+    if name in AUDIO_FILE_FORMATS:
+        return name
+    if format:
+        raise InvalidInputError(f"unknown audio format {format!r}; expected one of {sorted(AUDIO_FILE_FORMATS)}")
+    extensions = ", ".join(f".{key}" for key in AUDIO_FILE_FORMATS)
+    raise InvalidInputError(
+        f"'{path}' does not end in an audio file extension that can be written; use one of {extensions}"
+    )
 
 
 def write_audio(
     path: str | os.PathLike[str], waveform: torch.Tensor | np.ndarray, sample_rate: int, format: str | None = None
 ) -> Path:
-    """Write one waveform ([C, T] or [1, C, T], float in -1..1) as wav (16-bit), flac, mp3 or opus (Ogg).
+    """Write one waveform ([C, T] or [1, C, T], float in -1..1) as wav (16-bit), flac, mp3 or Opus in Ogg
+    (".opus" or ".ogg").
 
     ``format`` defaults to the file extension. Opus is always written at 48 kHz (resampled when needed).
-    The file appears only when complete.
+    The file appears only when complete, with the permissions of a new file; an existing file of that name is
+    replaced only then.
     """
     path = Path(path)
     name = _audio_format(path, format)

@@ -1,17 +1,56 @@
 """Atomic output: files are written under hidden temporary names beside their final paths.
 
-Only when every file of one call is complete are they renamed into place; on any failure all temporary files
-are removed. So a crash, a bad input found late, or an interrupted run never leaves a half-written video where
-a user (or a file browser, or ComfyUI's output list) would take it for a result.
+Only when every file of one call is complete are they renamed into place; on any failure (an exception, a
+cancel, Ctrl-C) all temporary files are removed. So a crash, a bad input found late, or an interrupted run never
+leaves a half-written video where a user (or a file browser, or ComfyUI's output list) would take it for a
+result, and an existing file of the same name stays as it was until the new one is complete.
+
+Temporary files are created with mode 0o666 and left to the process umask (and any default ACL of the folder),
+exactly like a file a program creates directly. ``tempfile.mkstemp`` would make them 0o600, and the rename would
+carry that mode to the result: an output nobody else could read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+
+from ..errors import InvalidInputError
+
+_NEW_FILE_MODE = 0o666  # what open() and most programs ask for; the umask takes away from it
+_NAME_KEEP = 64  # characters of the final name kept in a temporary name (the name stays within NAME_MAX)
+_ATTEMPTS = 100  # random names tried before giving up (a collision needs 2**32 names in one folder)
+
+
+def create_hidden_file(folder: Path, name: str, suffix: str) -> Path:
+    """Create a new, empty hidden file ``.<name>.<random><suffix>`` in ``folder``, with the mode of a new file.
+
+    Raises ``OSError`` as the system reports it (no folder, no permission, read-only file system).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(_ATTEMPTS):
+        candidate = folder / f".{name[:_NAME_KEEP]}.{secrets.token_hex(4)}{suffix}"
+        try:
+            descriptor = os.open(candidate, flags, _NEW_FILE_MODE)
+        except FileExistsError:
+            continue
+        os.close(descriptor)
+        return candidate
+    raise FileExistsError(f"no free temporary name for '{name}' in '{folder}' after {_ATTEMPTS} tries")
+
+
+def _temp_beside(path: Path, suffix: str) -> Path:
+    """A new temporary file in ``path``'s folder (created, with its parents, when missing)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return create_hidden_file(path.parent, path.name, suffix)
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot write '{path}': the folder '{path.parent}' does not accept new files ({exc.strerror or exc})"
+        ) from exc
 
 
 class StagedFiles:
@@ -34,20 +73,20 @@ class StagedFiles:
         return temp
 
     def commit(self) -> None:
+        """Rename every staged file onto its final path (each rename replaces an existing file atomically)."""
         for temp, final in self._staged:
-            os.replace(temp, final)
+            try:
+                os.replace(temp, final)
+            except OSError as exc:
+                raise InvalidInputError(
+                    f"cannot put the finished file at '{final}' ({exc.strerror or exc})"
+                ) from exc
 
     def cleanup(self) -> None:
+        """Remove every temporary file still there (all of them after a failure, none after a commit)."""
         for temp in [*self._scratch, *(t for t, _ in self._staged)]:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
-
-
-def _temp_beside(path: Path, suffix: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return Path(name)
 
 
 @contextlib.contextmanager
