@@ -7,6 +7,7 @@ frames are encoded once into a scratch file that is then muxed the same way, so 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -63,8 +64,18 @@ CONTAINERS: dict[str, ContainerSpec] = {
         audio_codecs=("opus",),
         video_encoders=("libvpx-vp9", "libvpx"),
     ),
+    # QuickTime: holds what mp4 holds and more (ProRes, DNxHD), but of our audio codecs only AAC.
+    "mov": ContainerSpec(
+        muxer="mov",
+        extension="mov",
+        default_audio="aac",
+        audio_codecs=("aac",),
+        video_encoders=("libx264", "libopenh264", "mpeg4"),
+        options={"movflags": "use_metadata_tags+faststart"},
+    ),
 }
-_EXTENSIONS = {"mp4": "mp4", "m4v": "mp4", "mov": "mp4", "mkv": "mkv", "webm": "webm"}
+# Output file extension (lower case, no dot) -> container.
+CONTAINER_EXTENSIONS: dict[str, str] = {"mp4": "mp4", "m4v": "mp4", "mov": "mov", "mkv": "mkv", "webm": "webm"}
 
 # ``progress(done, total)``: called while working, e.g. to advance a progress bar or to abort by raising.
 ProgressCallback = Callable[[int, int], None]
@@ -81,21 +92,48 @@ _VIDEO_BIT_RATES: dict[str, int] = {"mpeg4": 8_000_000, "libopenh264": 8_000_000
 _EVEN_SIZE_ENCODERS = {"libx264", "libopenh264", "mpeg4"}
 
 
-def _container_codecs(muxer: str) -> set[str] | None:
-    """Codec names a muxer accepts, or None when this PyAV cannot tell."""
+@functools.cache
+def _container_codecs(muxer: str) -> frozenset[str] | None:
+    """Codec names a muxer accepts (FFmpeg's own table, asked once per muxer), or None when PyAV cannot tell."""
     try:
         with av.open(os.devnull, mode="w", format=muxer) as probe:
-            return set(probe.supported_codecs)
+            return frozenset(probe.supported_codecs)
     except (AttributeError, av.FFmpegError, OSError):
         return None
 
 
+def can_copy_video(codec: str, container: str) -> bool:
+    """Whether a ``codec`` video stream can be copied into a ``container`` file (True when PyAV cannot tell)."""
+    accepted = _container_codecs(CONTAINERS[container].muxer)
+    return accepted is None or codec in accepted
+
+
+def containers_for_video(codec: str) -> list[str]:
+    """The containers (of :data:`CONTAINERS`, mp4 first) that can hold a copied ``codec`` video stream."""
+    return [name for name in CONTAINERS if can_copy_video(codec, name)]
+
+
+def source_video_codec(source: MediaSource) -> str:
+    """FFmpeg's name of the codec of ``source``'s first video stream ("h264", "vp9", "prores", ...)."""
+    with open_media(source) as container:
+        return first_video_stream(container, source).codec_context.name
+
+
+def copy_problem(source: MediaSource, container: str) -> str | None:
+    """Why ``source``'s video cannot be stream-copied into a ``container`` file, or None when it can."""
+    codec = source_video_codec(source)
+    if can_copy_video(codec, container):
+        return None
+    others = [f".{CONTAINERS[name].extension}" for name in containers_for_video(codec)]
+    advice = f"use {', '.join(others[:-1])} or {others[-1]}" if len(others) > 1 else (
+        f"use {others[0]}" if others else "no container of ours can hold it")
+    return (f"the {codec} video of {describe(source)} cannot be copied into a {container} file without "
+            f"re-encoding; {advice}")
+
+
 def container_for_source(source: MediaSource) -> str:
     """The container a stream copy of ``source``'s video should use: mp4 when it can hold the codec, else mkv."""
-    with open_media(source) as container:
-        codec = first_video_stream(container, source).codec_context.name
-    accepted = _container_codecs(CONTAINERS["mp4"].muxer)
-    return "mp4" if accepted is None or codec in accepted else "mkv"
+    return "mp4" if can_copy_video(source_video_codec(source), "mp4") else "mkv"
 
 
 def _resolve_container(container: str | None, out_path: Path, source: MediaSource | None) -> str:
@@ -103,7 +141,7 @@ def _resolve_container(container: str | None, out_path: Path, source: MediaSourc
         if container not in CONTAINERS:
             raise InvalidInputError(f"unknown container {container!r}; expected one of {sorted(CONTAINERS)}")
         return container
-    by_extension = _EXTENSIONS.get(out_path.suffix.lstrip(".").lower())
+    by_extension = CONTAINER_EXTENSIONS.get(out_path.suffix.lstrip(".").lower())
     if by_extension:
         return by_extension
     return container_for_source(source) if source is not None else "mp4"
@@ -316,8 +354,9 @@ def mux_audio_into_video(
     frames [N, H, W, C] (uint8, or float 0..1) with ``fps``, encoded to H.264 (mp4, mkv) or VP9 (webm).
     ``waveform`` is [C, T] or [B, C, T] (C = 1 or 2) at ``sample_rate``; each is trimmed or zero-padded to the
     video's duration. ``out_path``: a path (B = 1), a list of B paths, or a pattern with ``{index}``.
-    ``container``: "mp4", "mkv", "webm", or None/"auto" (from the extension, else mp4 when the copied codec fits).
-    ``audio_codec``: "aac", "flac", "opus", or None/"auto" (AAC in mp4, FLAC in mkv, Opus in webm).
+    ``container``: "mp4", "mkv", "webm", "mov", or None/"auto" (from the extension, else mp4 when the copied
+    codec fits). A copied video stream must fit the container (h264 does not fit webm): checked before writing.
+    ``audio_codec``: "aac", "flac", "opus", or None/"auto" (AAC in mp4 and mov, FLAC in mkv, Opus in webm).
     ``metadata``: container tags (values that are not strings are written with ``str``).
     ``progress(done, total)``: called per encoded frame (throttled) and per written file; an exception it raises
     (a user's cancel) aborts the call like any other failure.
@@ -334,6 +373,9 @@ def mux_audio_into_video(
         raise InvalidInputError("fps applies to frames only; a video file keeps its own timing")
     name = _resolve_container(container, outputs[0], None if from_frames else video)
     codec = _resolve_audio_codec(audio_codec, name)
+    problem = None if from_frames else copy_problem(video, name)
+    if problem is not None:
+        raise InvalidInputError(problem)
     tags = {str(k): str(v) for k, v in (metadata or {}).items()}
     encode_units = frames.shape[0] if from_frames else 0
     total = encode_units + len(outputs)
