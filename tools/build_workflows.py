@@ -4,9 +4,11 @@ Widget values are laid out positionally from the node schemas, exactly as the fr
 schemas come from the pack (loaded through the ComfyUI stand-in of ``tests/comfy_stub``), the core nodes' from
 ``tests/core_node_schemas.json`` (or a saved ``/object_info`` answer given with ``--object-info``). So after a
 schema change, running this again keeps the files loadable; ``tests/test_workflows.py`` checks the result
-independently of this script. Run from the repository root::
+independently of this script. It lives in ``tools/``, not in ``tests/`` (it writes shipped files, it tests
+nothing) and not in ``workflows/`` (ComfyUI serves that folder to the browser as the pack's templates). Run from
+the repository root::
 
-    .venv/bin/python -m tests.tools.build_workflows
+    .venv/bin/python -m tools.build_workflows
 """
 
 from __future__ import annotations
@@ -23,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from mmaudio.weights.known_files import files_for_variant, known_file
+from tests.pack_loader import stubbed_pack
+from tests.workflow_api import input_specs, object_info_from_schema, widget_slots
 
-from ..pack_loader import stubbed_pack
-from ..workflow_api import input_specs, object_info_from_schema, widget_slots
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 SNAPSHOT = REPO_ROOT / "tests" / "core_node_schemas.json"
 FRONTEND_VERSION = "1.27.10"  # the frontend ComfyUI 0.3.64 pins
@@ -114,9 +115,10 @@ VIDEO_TO_AUDIO = Graph(
         _note(f"""
 ## MMAudio: video to audio
 
-Adds sound to a (silent) video. **Load Video** → **Get Video Components** gives the frames and their frame
-rate; *MMAudio Encode Conditions* picks frames by time at 8 fps (CLIP) and 25 fps (Synchformer) from that real
-rate, so any frame rate stays in sync. *duration* 0 = the clip's length.
+Adds sound to a (silent) video. The VIDEO of **Load Video** goes straight into the *video* input of
+*MMAudio Encode Conditions*, which reads the file with its own timestamps, a chunk of frames at a time: frames
+are picked by time at 8 fps (CLIP) and 25 fps (Synchformer), so any frame rate (a variable one too) stays in
+sync, and a long or 4K clip is never held in memory whole. *duration* 0 = the clip's length.
 
 Optional: a *prompt* (what should be heard) and a *negative prompt* (e.g. `music`).
 
@@ -124,7 +126,6 @@ Optional: a *prompt* (what should be heard) and a *negative prompt* (e.g. `music
 it, **Preview Audio** plays the sound alone.
 {SAMPLER_NOTE}{FILES_NOTE}"""),
         Node(2, "LoadVideo", (0, 0), {"file": "input_video.mp4"}, width=300, extra_height=240),
-        Node(3, "GetVideoComponents", (0, 400), width=240),
         *_loaders(4, 340, 0),
         *_generation(7, 740, 0, {}),
         Node(10, "MMAudioSyncMuxVideo", (1540, 0),
@@ -135,9 +136,7 @@ it, **Preview Audio** plays the sound alone.
         Node(12, "PreviewAudio", (1540, 300), width=340, extra_height=60),
     ],
     [
-        (2, "VIDEO", 3, "video"),
-        (3, "images", 7, "images"),
-        (3, "fps", 7, "fps"),
+        (2, "VIDEO", 7, "video"),
         (5, 0, 7, "feature_models"),
         (4, 0, 8, "network"),
         (7, "conditions", 8, "conditions"),
