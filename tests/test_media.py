@@ -520,6 +520,21 @@ def test_a_failed_mux_keeps_the_old_files_and_leaves_nothing(
     assert {(tmp_path / n).read_bytes() for n in ("s0.mp4", "s1.mp4")} == {b"old"}  # the first one too
 
 
+def test_a_mux_never_writes_over_its_input(clips: dict[str, Path], tmp_path: Path) -> None:
+    source = tmp_path / "same.mp4"
+    source.write_bytes(clips["12fps"].read_bytes())
+    spellings = [source, tmp_path / "sub" / ".." / "same.mp4"]
+    if os.name == "posix":
+        (tmp_path / "link.mp4").symlink_to(source)
+        os.link(source, tmp_path / "hard.mp4")
+        spellings += [tmp_path / "link.mp4", tmp_path / "hard.mp4"]
+    for out in spellings:
+        with pytest.raises(InvalidInputError, match="an output never replaces its input"):
+            media.mux_audio_into_video(source, tone(0.5, 16000), 16000, out)
+    assert source.read_bytes() == clips["12fps"].read_bytes()
+    assert listing(tmp_path) <= {"same.mp4", "link.mp4", "hard.mp4"}
+
+
 def test_a_folder_in_the_way_is_an_input_error_and_leaves_nothing(tmp_path: Path) -> None:
     (tmp_path / "a.wav").mkdir()
     with pytest.raises(InvalidInputError, match=r"cannot put the finished file at '.*a.wav'"):

@@ -29,7 +29,6 @@ from .outputs import (
     check_video_output,
     check_writable_folder,
     numbered_paths,
-    same_file,
     video_container_for,
 )
 from .reading import (
@@ -43,6 +42,7 @@ from .reading import (
     read_video_frames,
 )
 from .sources import MediaSource, as_frame_rate
+from .staging import same_file
 
 __all__ = [
     "AUDIO_ENCODERS",

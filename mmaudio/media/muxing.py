@@ -384,7 +384,8 @@ def mux_audio_into_video(
         if progress is not None:
             progress(done, total)
 
-    with staged_files() as staged:
+    inputs = [video] if isinstance(video, (str, os.PathLike)) else []
+    with staged_files(protect=inputs) as staged:
         source: MediaSource
         if from_frames:
             source = staged.scratch(outputs[0], f".{name}")

@@ -21,7 +21,7 @@ from ..errors import InvalidInputError
 from .audio import AUDIO_FILE_FORMATS
 from .muxing import CONTAINER_EXTENSIONS, copy_problem
 from .sources import MediaSource
-from .staging import create_hidden_file
+from .staging import create_hidden_file, same_file
 
 PathLike = str | os.PathLike[str]
 
@@ -155,17 +155,6 @@ def _check_existing(path: Path, where: str) -> None:
         raise InvalidInputError(f"{where} exists and is not a regular file; give a file name")
     if path.is_file() and not os.access(path, os.W_OK):
         raise InvalidInputError(f"{where} exists and is read-only; make it writable or choose another name")
-
-
-def same_file(a: PathLike, b: PathLike) -> bool:
-    """Whether two paths name one file: the same resolved path (symlinks followed), or, when both exist, the
-    same file by the system's answer (hard links, case-insensitive file systems)."""
-    if os.path.normcase(Path(a).resolve()) == os.path.normcase(Path(b).resolve()):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet): no link can join them
-        return False
 
 
 def check_not_an_input(path: PathLike, option: str, inputs: Mapping[str, PathLike]) -> None:

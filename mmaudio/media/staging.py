@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import InvalidInputError
@@ -42,6 +42,17 @@ def create_hidden_file(folder: Path, name: str, suffix: str) -> Path:
     raise FileExistsError(f"no free temporary name for '{name}' in '{folder}' after {_ATTEMPTS} tries")
 
 
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file: the same resolved path (symlinks followed), or, when both exist, the
+    same file by the system's answer (hard links, case-insensitive file systems)."""
+    if os.path.normcase(Path(a).resolve()) == os.path.normcase(Path(b).resolve()):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): no link can join them
+        return False
+
+
 def _temp_beside(path: Path, suffix: str) -> Path:
     """A new temporary file in ``path``'s folder (created, with its parents, when missing)."""
     try:
@@ -56,12 +67,19 @@ def _temp_beside(path: Path, suffix: str) -> Path:
 class StagedFiles:
     """Temporary files of one write operation; see :func:`staged_files`."""
 
-    def __init__(self) -> None:
+    def __init__(self, protect: Iterable[str | os.PathLike[str]] = ()) -> None:
         self._staged: list[tuple[Path, Path]] = []
         self._scratch: list[Path] = []
+        self._protected = [Path(p) for p in protect]
 
     def stage(self, final: Path) -> Path:
-        """A temporary path that becomes ``final`` when the operation succeeds."""
+        """A temporary path that becomes ``final`` when the operation succeeds (never a protected file)."""
+        for protected in self._protected:
+            if same_file(final, protected):
+                raise InvalidInputError(
+                    f"'{final}' is the input '{protected}' itself: an output never replaces its input; choose "
+                    "another output name"
+                )
         temp = _temp_beside(final, ".part")
         self._staged.append((temp, final))
         return temp
@@ -90,9 +108,12 @@ class StagedFiles:
 
 
 @contextlib.contextmanager
-def staged_files() -> Iterator[StagedFiles]:
-    """Collect temporary outputs; rename them into place if the block succeeds, delete them in any case."""
-    staged = StagedFiles()
+def staged_files(protect: Iterable[str | os.PathLike[str]] = ()) -> Iterator[StagedFiles]:
+    """Collect temporary outputs; rename them into place if the block succeeds, delete them in any case.
+
+    ``protect``: the operation's input files, which no output may replace (under any name or link).
+    """
+    staged = StagedFiles(protect)
     try:
         yield staged
         staged.commit()
