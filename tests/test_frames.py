@@ -9,9 +9,9 @@ from fractions import Fraction
 import pytest
 import torch
 
+from mmaudio import engine
 from mmaudio.errors import InvalidInputError
 from mmaudio.features import frames as fr
-from mmaudio.features.extractor import FeatureExtractor
 
 
 def stamped_clip(num_frames: int, height: int = 36, width: int = 52) -> torch.Tensor:
@@ -168,15 +168,69 @@ class _StubClip(torch.nn.Module):
         self.seen += x.shape[0]
         return x.mean(dim=(1, 2, 3)).unsqueeze(-1).expand(-1, 1024)
 
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        return torch.zeros(len(prompts), 77, 1024)
+
+    def memory_for_images(self, batch: int) -> int:
+        return 0
+
+    def memory_for_text(self, prompts: int) -> int:
+        return 0
+
+
+class _UnusedSynchformer(torch.nn.Module):
+    """Stands in for Synchformer where it must not run: any forward fails the test."""
+
+    dtype = torch.float32
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos_embed = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, segments: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("a still image has no Synchformer features")
+
+    def memory_for_segments(self, batch: int, dtype: torch.dtype | None = None) -> int:
+        return 0
+
+
+class _RecordingRuntime(engine.DirectRuntime):
+    """The engine's CPU runtime, noting the stages entered, the units planned and every progress report."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.stages: list[str] = []
+        self.units: dict[str, int] = {}
+        self.reports: dict[str, list[tuple[int, int]]] = {}
+
+    def stage(self, name, models, memory_required=0):  # type: ignore[no-untyped-def]
+        self.stages.append(name)
+        return super().stage(name, models, memory_required)
+
+    def plan(self, units) -> None:  # type: ignore[no-untyped-def]
+        self.units.update(units)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self.reports.setdefault(stage, []).append((done, total))
+
 
 def test_extractor_still_image_encodes_once_and_has_no_sync() -> None:
     clip = _StubClip()
-    extractor = FeatureExtractor(clip=clip, synchformer=None)  # type: ignore[arg-type]
-    calls: list[tuple[int, int]] = []
-    video = extractor.encode_video(stamped_clip(1), duration=2.0, progress=lambda d, t: calls.append((d, t)))
-    assert video.sync_f is None and video.clip_f is not None
-    assert video.clip_f.shape == (1, 16, 1024)
-    assert clip.seen == 1
+    cpu = torch.device("cpu")
+    models = engine.FeatureModels(clip=engine.Placed(clip, cpu, torch.float32),  # type: ignore[arg-type]
+                                  synchformer=engine.Placed(_UnusedSynchformer(), cpu, torch.float32))  # type: ignore[arg-type]
+    runtime = _RecordingRuntime()
+    image = stamped_clip(1)
+    conditions = engine.encode_conditions(models, engine.VisualSource.from_images(image), engine.parse_prompts("rain"),
+                                          duration=2.0, mask_away_clip=False, runtime=runtime)
+    assert conditions.source == "image" and conditions.duration == 2.0
+    assert conditions.sync_features is None and conditions.clip_features is not None
+    assert conditions.clip_features.shape == (1, 16, 1024)
+    assert clip.seen == 1  # the one frame, once, though it fills all 16 slots
+    want = fr.clip_input(fr.prepare_frames(image, fr.plan_frames(1, duration=2.0)).clip_u8[:1]).mean()
+    torch.testing.assert_close(conditions.clip_features, want.expand(1, 16, 1024))
+    assert "sync" not in runtime.stages and runtime.units.get("sync", 0) == 0
+    calls = runtime.reports["clip"]
     assert calls and calls[-1][0] == calls[-1][1]
 
 

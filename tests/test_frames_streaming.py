@@ -7,6 +7,7 @@ must be identical. Golden cases are discovered from the fixture folder, syntheti
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -15,15 +16,17 @@ import weakref
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
 import pytest
 import torch
 
-from mmaudio import media
+from mmaudio import engine, media
 from mmaudio.errors import InvalidInputError
 from mmaudio.features import frames as fr
+from mmaudio.features import synchformer as sf
 from mmaudio.features.extractor import FeatureExtractor
 from mmaudio.features.streaming import DECODE_MARGIN_S, FrameStreamer, VideoFile, prepare_frames_streaming
 
@@ -135,15 +138,16 @@ def test_synthetic_clip_streamed_equals_decoded_whole(clips: dict[str, Path], na
     path = clips[name]
     file = VideoFile.open(path, duration=duration, chunk_size=5)
     want = decode_all(path, duration, max_duration=file.max_duration)
-    got = file.prepare()
+    got, times = file.prepare()
     assert_same(got, want, f"{name}, duration {duration}")
-    assert file.timestamps is not None and file.num_frames == want.plan.num_source_frames
+    decoded = media.read_video_frames(path, max_duration=file.max_duration)
+    assert times.dtype == torch.float64 and torch.equal(times, decoded.timestamps), "the time of every frame read"
     if duration is None:
         assert file.max_duration is None and got.duration > 2.5
     else:
         assert file.max_duration == duration + DECODE_MARGIN_S and duration - 0.05 < got.duration <= duration
     if name == "vfr":  # the clip really is irregular, so frames are chosen by their own times
-        steps = torch.diff(file.timestamps)
+        steps = torch.diff(times)
         assert steps.max() > 2 * steps.min()
 
 
@@ -154,7 +158,7 @@ def test_longest_bounds_a_clip_length_duration(clips: dict[str, Path], caplog: p
         file = VideoFile.open(path, longest=2.0)
     assert file.duration == 2.0 and file.max_duration == 2.0 + DECODE_MARGIN_S
     assert "first 2.0 s" in caplog.text
-    assert_same(file.prepare(), decode_all(path, 2.0, max_duration=file.max_duration), "longest")
+    assert_same(file.prepare()[0], decode_all(path, 2.0, max_duration=file.max_duration), "longest")
     assert VideoFile.open(path, longest=60.0).duration is None  # shorter files keep their own length
     assert file.for_duration(1.0).duration == 1.0 and file.for_duration(None).duration is None
 
@@ -170,8 +174,8 @@ def test_float_image_chunks_equal_the_image_batch() -> None:
 
 def test_one_frame_file_is_a_still_image(tmp_path: Path) -> None:
     path = write_clip(tmp_path / "one.mp4", fps=25, count=1)
-    got = VideoFile.open(path, duration=1.5).prepare()
-    assert got.plan.is_still and got.sync_u8.shape[0] == 0
+    got, times = VideoFile.open(path, duration=1.5).prepare()
+    assert got.plan.is_still and times.tolist() == [0.0] and got.sync_u8.shape[0] == 0
     assert_same(got, decode_all(path, 1.5, max_duration=1.5 + DECODE_MARGIN_S), "one frame")
     with pytest.raises(InvalidInputError, match="explicit duration"):
         VideoFile.open(path).prepare()
@@ -238,10 +242,11 @@ def test_trim_window_streams_the_whole_decode_cut_to_the_window(clips: dict[str,
                                                                  duration: float | None) -> None:
     path = clips[name]
     file = VideoFile.open(path, duration=duration, start=start, length=length, chunk_size=4)
-    got = file.prepare()
+    got, times = file.prepare()
     want = decode_window(path, start, length, duration, max_duration=file.max_duration)
     assert_same(got, want, f"{name} [{start}, +{length})")
-    assert file.timestamps is not None and file.timestamps[0].item() == 0.0, "timed from the window's first frame"
+    assert times.numel() == want.plan.num_source_frames
+    assert times[0].item() == 0.0, "timed from the window's first frame"
     assert abs(file.expected_duration - min(duration or math.inf, file.window.seconds_of(file.info))) < 1e-9
     if name != "vfr":  # a constant rate: the same frames as ComfyUI's trimmed components at their frame rate
         video = media.read_video_frames(path)
@@ -288,7 +293,7 @@ def test_longest_bounds_a_trimmed_clip(clips: dict[str, Path]) -> None:
     again = file.for_duration(1.0)
     assert again.window == file.window and again.duration == 1.0
     want = decode_window(path, 0.5, None, 1.0, max_duration=again.max_duration)
-    assert_same(again.prepare(), want, "for_duration keeps the trim")
+    assert_same(again.prepare()[0], want, "for_duration keeps the trim")
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -330,7 +335,7 @@ def test_decoding_memory_is_one_chunk_not_the_clip(tmp_path: Path) -> None:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        prepared = file.prepare()
+        prepared, _ = file.prepare()
         peak = tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()
@@ -387,50 +392,139 @@ def test_bad_streams_are_rejected() -> None:
         prepare_frames_streaming([a])  # type: ignore[list-item]
 
 
-# ----------------------------------------------------------------------------------------------- extractor
+# ----------------------------------------------------------------------------------------------- engine
 
 
 class _StubClip(torch.nn.Module):
-    """CLIP stand-in: a frame's 'embedding' is its mean pixel value."""
+    """CLIP stand-in: a frame's 'embedding' is its mean pixel value; a text's is its length. ``events`` notes
+    each forward (the node-layer test reads the progress bar against them)."""
+
+    def __init__(self, events: list | None = None) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.events = events if events is not None else []
 
     def encode_images(self, x: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        self.events.append(("clip", x.shape[0]))
         return x.mean(dim=(1, 2, 3)).unsqueeze(-1).expand(-1, 1024)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        return torch.zeros(len(prompts), 77, 1024)
+        self.events.append(("text", len(prompts)))
+        return torch.tensor([float(len(p)) for p in prompts]).view(-1, 1, 1).expand(-1, 77, 1024)
+
+    def memory_for_images(self, batch: int) -> int:
+        return 0
+
+    def memory_for_text(self, prompts: int) -> int:
+        return 0
 
 
-class _StubExtractor(FeatureExtractor):
-    """Synchformer stand-in: a segment's 'features' are the mean of its 25 fps frames."""
+class _StubSynchformer(torch.nn.Module):
+    """Synchformer stand-in: each of a segment's 8 'features' is the mean of its 2-frame tubelet."""
 
-    def encode_sync_frames(self, prepared: fr.PreparedFrames, *, batch: int = 8, progress=None) -> torch.Tensor:
-        x = fr.sync_input(prepared.sync_u8).mean(dim=(1, 2, 3))
-        segments = x.unfold(0, 16, 8).mean(-1)
-        if progress is not None:
-            progress(segments.shape[0], segments.shape[0])
-        return segments.repeat_interleave(8).view(1, -1, 1).expand(-1, -1, 768)
+    cfg = sf.MotionFormerConfig()
+    dtype = torch.float32
+
+    def __init__(self, events: list | None = None) -> None:
+        super().__init__()
+        self.pos_embed = torch.nn.Parameter(torch.zeros(1))
+        self.events = events if events is not None else []
+
+    def forward(self, segments: torch.Tensor) -> torch.Tensor:
+        self.events.append(("sync", segments.shape[0]))
+        return segments.reshape(segments.shape[0], 8, -1).mean(-1).unsqueeze(-1).expand(-1, -1, 768)
+
+    def memory_for_segments(self, batch: int, dtype: torch.dtype | None = None) -> int:
+        return 0
 
 
-def test_extractor_stream_equals_whole_clip(clips: dict[str, Path]) -> None:
-    extractor = _StubExtractor(clip=_StubClip(), synchformer=torch.nn.Identity())  # type: ignore[arg-type]
+class _RecordingRuntime:
+    """A CPU runtime that notes the units planned and every progress report, per stage."""
+
+    def __init__(self) -> None:
+        self.units: dict[str, int] = {}
+        self.reports: dict[str, list[tuple[int, int]]] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name, models, memory_required=0):  # type: ignore[no-untyped-def]
+        yield
+
+    def plan(self, units) -> None:  # type: ignore[no-untyped-def]
+        self.units.update(units)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self.reports.setdefault(stage, []).append((done, total))
+
+
+def stub_feature_models(events: list | None = None) -> engine.FeatureModels:
+    cpu = torch.device("cpu")
+    return engine.FeatureModels(clip=engine.Placed(_StubClip(events), cpu, torch.float32),  # type: ignore[arg-type]
+                                synchformer=engine.Placed(_StubSynchformer(events), cpu,  # type: ignore[arg-type]
+                                                          torch.float32))
+
+
+@pytest.mark.parametrize("duration", [1.7, None])
+def test_engine_stream_equals_whole_clip(clips: dict[str, Path], duration: float | None) -> None:
+    """Encoding a VIDEO file (streamed, by its own timestamps) gives exactly the features of encoding its decoded
+    frames with those timestamps."""
+    models = stub_feature_models()
+    prompts = engine.parse_prompts("a\nb")
     path = clips["vfr"]
     video = media.read_video_frames(path)
-    whole = extractor(video.frames, None, ["a", "b"], times=video.timestamps, duration=1.7)
-    stages: dict[str, list[tuple[int, int]]] = {"frames": [], "models": []}
-    streamed = extractor(None, None, ["a", "b"], stream=media.iter_video_frames(path, chunk_size=6), duration=1.7,
-                         decode_progress=lambda d, t: stages["frames"].append((d, t)),
-                         progress=lambda d, t: stages["models"].append((d, t)))
-    assert streamed.plan == whole.plan and streamed.duration == whole.duration
-    assert torch.equal(streamed.clip_f, whole.clip_f) and torch.equal(streamed.sync_f, whole.sync_f)
-    assert stages["frames"][-1][0] == stages["frames"][-1][1] == whole.plan.num_source_frames
-    assert stages["models"] and stages["models"][-1][0] == stages["models"][-1][1]
+    whole_runtime, stream_runtime = _RecordingRuntime(), _RecordingRuntime()
+    whole = engine.encode_conditions(models, engine.VisualSource.from_images(video.frames, times=video.timestamps),
+                                     prompts, duration=duration, mask_away_clip=False, runtime=whole_runtime)
+    streamed = engine.encode_conditions(models, engine.VisualSource.from_file(VideoFile.open(path, chunk_size=6)),
+                                        prompts, duration=duration, mask_away_clip=False, runtime=stream_runtime)
+    assert streamed.source == whole.source == "video" and streamed.windows.is_single
+    assert streamed.duration == whole.duration and streamed.windows == whole.windows
+    assert (duration - 0.05 < streamed.duration <= duration) if duration else streamed.duration > 2.5
+    assert streamed.clip_features is not None and whole.clip_features is not None
+    assert torch.equal(streamed.clip_features, whole.clip_features)
+    assert streamed.sync_features is not None and whole.sync_features is not None
+    assert torch.equal(streamed.sync_features, whole.sync_features)
+    assert torch.equal(streamed.text_features, whole.text_features) and streamed.num_rows == 2
+    assert streamed.clip_features.std() > 0 and streamed.sync_features.std() > 0  # the frames really differ
+    # the clip as read from the file: its first frames, with the decoder's own times
+    read = streamed.clip.num_frames
+    assert 0 < read <= video.frames.shape[0] and torch.equal(streamed.clip.frame_times, video.timestamps[:read])
+    frames = stream_runtime.reports["frames"]
+    assert frames[-1] == (read, read) and [d for d, _ in frames] == sorted(d for d, _ in frames)
+    assert len(frames) > read // 6, "the frames stage reports every chunk"
+    for stage in ("clip", "sync", "text"):
+        assert stream_runtime.reports[stage][-1][0] == stream_runtime.reports[stage][-1][1], stage
+    prepared, _ = VideoFile.open(path, duration=1.0).prepare()
     with pytest.raises(InvalidInputError, match="Synchformer is not loaded"):
-        FeatureExtractor(clip=_StubClip()).encode_video_stream(iter(()))  # type: ignore[arg-type]
-    with pytest.raises(InvalidInputError, match="not both"):
-        extractor(video.frames, None, ["a"], times=video.timestamps, stream=iter(()))
+        FeatureExtractor(clip=_StubClip()).encode_sync_frames(prepared)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------- node layer
+
+
+def node_feature_models(pack_name: str, events: list | None = None):  # type: ignore[no-untyped-def]
+    """What the encode node gets from the feature-models loader: stub models under the memory manager's stub."""
+    pack_engine = sys.modules[f"{pack_name}.mmaudio.engine"]
+    patcher_class = sys.modules["comfy.model_patcher"].ModelPatcher
+    cpu = torch.device("cpu")
+    clip, sync = _StubClip(events), _StubSynchformer(events)
+    clip_patcher, sync_patcher = patcher_class(clip, cpu, cpu), patcher_class(sync, cpu, cpu)
+    models = pack_engine.FeatureModels(clip=pack_engine.Placed(clip, cpu, torch.float32, clip_patcher),
+                                       synchformer=pack_engine.Placed(sync, cpu, torch.float32, sync_patcher))
+    return SimpleNamespace(models=models, clip=clip_patcher, synchformer=sync_patcher)
+
+
+def spy_on_prepare(streaming, monkeypatch: pytest.MonkeyPatch) -> list:  # type: ignore[no-untyped-def]
+    """Every (prepared frames, timestamps) a VideoFile of the pack gives, as the engine asks for them."""
+    seen: list = []
+    original = streaming.VideoFile.prepare
+
+    def prepare(self, **kwargs):  # type: ignore[no-untyped-def]
+        result = original(self, **kwargs)
+        seen.append(result)
+        return result
+
+    monkeypatch.setattr(streaming.VideoFile, "prepare", prepare)
+    return seen
 
 
 def test_node_layer_streams_a_file_backed_video(clips: dict[str, Path], tmp_path: Path,
@@ -440,6 +534,7 @@ def test_node_layer_streams_a_file_backed_video(clips: dict[str, Path], tmp_path
     with stubbed_pack(tmp_path) as _pack:
         adapters = sys.modules[f"{PACK_NAME}.nodes.adapters"]
         streaming = sys.modules[f"{PACK_NAME}.mmaudio.features.streaming"]
+        errors = sys.modules[f"{PACK_NAME}.mmaudio.errors"]
         utils, mm = sys.modules["comfy.utils"], sys.modules["comfy.model_management"]
         path = clips["24fps"]
 
@@ -450,23 +545,44 @@ def test_node_layer_streams_a_file_backed_video(clips: dict[str, Path], tmp_path
             def get_components(self):  # type: ignore[no-untyped-def]
                 raise AssertionError("a file-backed VIDEO must be read from its file")
 
-        source = adapters.visual_source(None, None, FileVideo(), None)
-        assert isinstance(source.file, streaming.VideoFile) and source.times is None, "probed, not decoded"
-        assert adapters.frame_count(source.frames) == 75
+        source = adapters.visual_source(None, None, FileVideo())
+        assert isinstance(source.file, streaming.VideoFile), "read from its file"
+        assert source.frames is None and source.times is None, "probed, not decoded"
+        assert source.file.expected_frames == 75  # from the header
+        with pytest.raises(errors.InvalidInputError, match="not both"):
+            adapters.visual_source(torch.zeros(30, 8, 8, 3), 24.0, FileVideo())
 
-        bar: list[int] = []
-        utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: bar.append(value))
+        events: list = []
+        features = node_feature_models(PACK_NAME, events)
+        prepares = spy_on_prepare(streaming, monkeypatch)
+        utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: events.append(
+            ("bar", value, total)))
         try:
-            prepared, progress, (clip_units, sync_units) = adapters._stream_file(source, 2.0, False)
-            frames_end = bar[-1]
+            conditions = adapters.encode_conditions(features, source, "rain", "", 2.0, False)
         finally:
             utils.set_progress_bar_global_hook(None)
+        assert len(prepares) == 1
+        prepared, times = prepares[0]
         want = decode_all(path, 2.0, max_duration=2.0 + DECODE_MARGIN_S)
         assert_same(prepared, want, "node layer")
-        assert source.times is not None and adapters.frame_count(source.frames) == want.plan.num_source_frames
-        assert bar == sorted(bar) and len(bar) >= 3, "the frames range advances per chunk"
-        assert frames_end == source.file.expected_frames < progress.total, "then CLIP, Synchformer and text follow"
-        assert clip_units == 16 and sync_units >= 1
+        assert conditions.duration == want.duration and conditions.clip.num_frames == times.numel()
+
+        # One bar: the frames range (per chunk), then CLIP, Synchformer and text, each in its own range.
+        frame_units = source.file.for_duration(2.0, longest=adapters.MAX_DURATION_S).expected_frames
+        clip_units, sync_units = 16, sf.num_segments(50)
+        bars = [(i, e[1], e[2]) for i, e in enumerate(events) if e[0] == "bar"]
+        values = [v for _, v, _ in bars]
+        assert values == sorted(values) and {t for _, _, t in bars} == {frame_units + clip_units + sync_units + 1}
+        assert values[-1] == frame_units + clip_units + sync_units + 1
+
+        def bar_before(kind: str) -> list[int]:
+            first = next(i for i, e in enumerate(events) if e[0] == kind)
+            return [v for i, v, _ in bars if i < first]
+
+        assert len(bar_before("clip")) >= 3, "the frames range advances per chunk"
+        assert bar_before("clip")[-1] == frame_units, "CLIP starts where the frames range ends"
+        assert bar_before("sync")[-1] == frame_units + clip_units, "then Synchformer"
+        assert bar_before("text")[-1] == frame_units + clip_units + sync_units, "then the text"
 
         pulled: list[int] = []
         original = streaming.VideoFile.chunks
@@ -484,7 +600,9 @@ def test_node_layer_streams_a_file_backed_video(clips: dict[str, Path], tmp_path
         utils.set_progress_bar_global_hook(cancel)
         try:
             with pytest.raises(mm.InterruptProcessingException):
-                adapters._stream_file(adapters.visual_source(None, None, FileVideo(), None), None, False)
+                adapters.encode_conditions(node_feature_models(PACK_NAME), adapters.visual_source(None, None,
+                                                                                                  FileVideo()),
+                                           "rain", "", 0.0, False)
         finally:
             utils.set_progress_bar_global_hook(None)
             mm.interrupt_current_processing(False)
@@ -518,7 +636,8 @@ class TrimmedFileVideo:
 
 @pytest.mark.parametrize(("start", "duration"), [(0.51, 1.9), (1.0, 0.0), (0.0, 2.2)])
 def test_node_layer_streams_a_trimmed_file_video_like_its_components(clips: dict[str, Path], tmp_path: Path,
-                                                                     start: float, duration: float) -> None:
+                                                                     monkeypatch: pytest.MonkeyPatch, start: float,
+                                                                     duration: float) -> None:
     """A trimmed VIDEO (core Trim Video) is read from its file with the trim applied, never decoded whole, and
     gives the frames that its ``get_components()`` gives; one with frame edits still goes through those."""
     from .pack_loader import PACK_NAME, stubbed_pack
@@ -528,19 +647,26 @@ def test_node_layer_streams_a_trimmed_file_video_like_its_components(clips: dict
         latest = sys.modules["comfy_api.latest"]
         trimmed = TrimmedFileVideo(clips["29.97fps"], start, duration)
 
-        source = adapters.visual_source(None, None, trimmed, None)
+        source = adapters.visual_source(None, None, trimmed)
         assert source.file is not None and (source.file.window.start, source.file.window.length) == (
             start, duration or None)
-        prepared, _, _ = adapters._stream_file(source, None, False)
+        prepares = spy_on_prepare(sys.modules[f"{PACK_NAME}.mmaudio.features.streaming"], monkeypatch)
+        streamed = adapters.encode_conditions(node_feature_models(PACK_NAME), source, "rain", "", 0.0, False)
         assert trimmed.components_calls == 0, "streamed from the file, not decoded whole"
+        assert len(prepares) == 1
+        prepared, _ = prepares[0]
 
-        whole = adapters.visual_source(None, None, latest.InputImpl.VideoFromComponents(trimmed.get_components()),
-                                       None)
+        whole = adapters.visual_source(None, None, latest.InputImpl.VideoFromComponents(trimmed.get_components()))
+        assert whole.file is None and whole.frames is not None
         plan = fr.plan_frames(fr.frame_count(whole.frames), whole.fps)
         assert_same(prepared, fr.prepare_frames(whole.frames, plan), f"trim ({start}, {duration})")
+        decoded = adapters.encode_conditions(node_feature_models(PACK_NAME), whole, "rain", "", 0.0, False)
+        assert decoded.duration == streamed.duration
+        assert torch.equal(decoded.clip_features, streamed.clip_features)
+        assert torch.equal(decoded.sync_features, streamed.sync_features)
 
         edited = TrimmedFileVideo(clips["29.97fps"], start, duration, edited=True)
-        assert adapters.visual_source(None, None, edited, None).file is None and edited.components_calls == 1
+        assert adapters.visual_source(None, None, edited).file is None and edited.components_calls == 1
 
 
 def test_a_video_that_may_hold_a_crop_it_cannot_report_is_not_streamed(tmp_path: Path) -> None:

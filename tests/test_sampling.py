@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mmaudio import engine
 from mmaudio.errors import InvalidInputError
-from mmaudio.model import MMAudioNetwork, NetworkConfig, SequenceLengths
+from mmaudio.model import MMAudioNetwork, NetworkConfig, SequenceLengths, winograd
 from mmaudio.sampling import (
+    DEFAULT_CFG,
     build_conditions,
     euler_sample,
     flow_time_grid,
-    generate_latents,
     guided_velocity,
     initial_noise,
     reference_noise,
@@ -147,9 +148,9 @@ def test_euler_integrates_the_grid_exactly() -> None:
 
 
 @pytest.mark.parametrize("steps", [0, -3, 2.5, True])
-def test_bad_step_counts_are_rejected(net: MMAudioNetwork, steps: object) -> None:
-    with pytest.raises(InvalidInputError, match="steps"):
-        generate_latents(net, seed=0, text_f=_features()["text_f"], num_steps=steps)  # type: ignore[arg-type]
+def test_bad_step_counts_are_rejected(steps: object) -> None:
+    with pytest.raises(InvalidInputError, match=r"steps: expected a whole number of at least 1, got"):
+        engine.SamplingSettings(steps=steps)  # type: ignore[arg-type]
 
 
 def test_bad_cfg_is_rejected(net: MMAudioNetwork) -> None:
@@ -244,23 +245,50 @@ def test_noise_is_the_same_on_cuda() -> None:
     assert torch.equal(initial_noise(7, 2, 44, 8, device="cuda").cpu(), cpu)
 
 
+def _encoded(feats: dict[str, torch.Tensor], prompt: str = "rain") -> engine.EncodedConditions:
+    """One-pass conditions of a 1 s clip, as the encode stage hands them over: the clip's features once (one
+    window, shared by every prompt row), one text per prompt row."""
+    prompts = engine.parse_prompts(prompt)
+    rows = prompts.num_rows
+    return engine.EncodedConditions(
+        windows=engine.WindowPlan(duration=1.0, mode=None, total_latents=0, window_latents=0, starts=(0,)),
+        clip_features=feats["clip_f"][:1], sync_features=feats["sync_f"][:1], text_features=feats["text_f"][:rows],
+        text_index=torch.arange(rows).view(rows, 1), negative_features=None,
+        negative_index=torch.full((rows, 1), -1), prompts=prompts, source="video")
+
+
 @torch.no_grad()
-def test_generate_latents_is_seeded_and_per_sample(net: MMAudioNetwork) -> None:
+def test_sample_latents_is_seeded_and_per_sample(net: MMAudioNetwork) -> None:
     feats = _features()
-    kwargs = dict(clip_f=feats["clip_f"], sync_f=feats["sync_f"], text_f=feats["text_f"], num_steps=3)
-    first = generate_latents(net, seed=11, **kwargs)
-    assert first.shape == (B, net.latent_seq_len, net.latent_dim) and first.dtype == torch.float32
-    assert torch.equal(first, generate_latents(net, seed=11, **kwargs))
+    conditions = _encoded(feats)
+    placed = engine.Placed(net, torch.device("cpu"), torch.float32)
+
+    def run(seed: int, samples: int, on: engine.EncodedConditions = conditions) -> engine.AudioLatents:
+        return engine.sample_latents(placed, on, engine.SamplingSettings(seed=seed, steps=3, samples=samples),
+                                     engine.DirectRuntime("cpu"))
+
+    first = run(11, 2)
+    assert first.latents.shape == (2, net.latent_seq_len, net.latent_dim) and first.latents.dtype == torch.float32
+    assert first.seeds == (11, 12) and first.prompts == ("rain", "rain") and first.mode == "44k"
+    assert first.duration == 1.0
+    assert torch.equal(first.latents, run(11, 2).latents)
+    assert not torch.equal(first.latents[0], first.latents[1])  # two samples, two draws
     # sample 1 of seed 11 is sample 0 of seed 12 given the same conditions
-    second = generate_latents(net, seed=12, clip_f=feats["clip_f"][1:], sync_f=feats["sync_f"][1:],
-                              text_f=feats["text_f"][1:], num_steps=3)
-    assert rel_l2(first[1:], second) <= 1e-5
-    # the result is unnormalised with the network's statistics
-    x0 = initial_noise(11, B, net.latent_seq_len, net.latent_dim)
-    conditions, empty = build_conditions(net, **{k: v for k, v in kwargs.items() if k != "num_steps"})
-    x1 = sample(net, x0, conditions, empty, num_steps=3)
-    assert rel_l2(first, x1 * net.latent_std + net.latent_mean) <= 1e-6
-    assert rel_l2(net.normalize(first), x1) <= 1e-5
+    second = run(12, 1)
+    assert second.seeds == (12,)
+    assert rel_l2(first.latents[1:], second.latents) <= 1e-5
+    # every prompt row draws the same noise: seed 11 for sample 0 of both lines
+    lines = run(11, 1, _encoded(feats, "rain\nthunder"))
+    assert lines.seeds == (11, 11) and lines.prompts == ("rain", "thunder")
+    assert rel_l2(lines.latents[:1], first.latents[:1]) <= 1e-5
+    # the result is the guided Euler trajectory from the seeded noise, unnormalised with the network's statistics
+    x0 = initial_noise(11, 2, net.latent_seq_len, net.latent_dim)
+    cond, empty = build_conditions(net, clip_f=feats["clip_f"][:1], sync_f=feats["sync_f"][:1],
+                                   text_f=feats["text_f"][:1], batch_size=2)
+    with winograd.fast_path_for(net, "cpu", torch.float32):
+        x1 = sample(net, x0, cond, empty, num_steps=3, cfg_strength=DEFAULT_CFG)
+    assert rel_l2(first.latents, x1 * net.latent_std + net.latent_mean) <= 1e-6
+    assert rel_l2(net.normalize(first.latents), x1) <= 1e-5
 
 
 def test_device_tables_are_released_after_sampling_even_when_interrupted() -> None:

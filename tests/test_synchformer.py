@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -166,21 +168,59 @@ def test_wrong_segment_shape_is_named() -> None:
 class _StubSyncModel(_StubSynchformer):
     dtype = torch.float32
 
+    def memory_for_segments(self, batch: int, dtype: torch.dtype | None = None) -> int:
+        return 0
+
+
+class _RecordingRuntime:
+    """A CPU runtime that notes the units planned and every progress report, per stage."""
+
+    def __init__(self) -> None:
+        self.units: dict[str, int] = {}
+        self.reports: dict[str, list[tuple[int, int]]] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name, models, memory_required=0):  # type: ignore[no-untyped-def]
+        yield
+
+    def plan(self, units) -> None:  # type: ignore[no-untyped-def]
+        self.units.update(units)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self.reports.setdefault(stage, []).append((done, total))
+
 
 def test_extractor_turns_frames_fps_and_prompts_into_the_three_conditions() -> None:
+    from mmaudio import engine
     from mmaudio.features.clip import load_clip
-    from mmaudio.features.extractor import FeatureExtractor
     from tests.test_clip import TINY, tiny_checkpoint
 
-    extractor = FeatureExtractor(load_clip(tiny_checkpoint(), config=TINY), _StubSyncModel())  # type: ignore[arg-type]
+    cpu = torch.device("cpu")
+    sync = _StubSyncModel()
+    models = engine.FeatureModels(clip=engine.Placed(load_clip(tiny_checkpoint(), config=TINY), cpu, torch.float32),
+                                  synchformer=engine.Placed(sync, cpu, torch.float32))  # type: ignore[arg-type]
     clip = torch.rand(36, 30, 40, 3, generator=torch.Generator().manual_seed(0))  # 1.5 s at 24 fps
-    calls: list[tuple[int, int]] = []
-    cond = extractor(clip, 24.0, ["rain", "thunder"], progress=lambda d, t: calls.append((d, t)))
+    source = engine.VisualSource.from_images(clip, 24.0)
+    runtime = _RecordingRuntime()
+    cond = engine.encode_conditions(models, source, engine.parse_prompts("rain\nthunder"), duration=None,
+                                    mask_away_clip=False, runtime=runtime)
     assert cond.duration == 1.48  # 37 sync slots would need a frame at 1.48 s; the last one is at 1.458 s
-    assert cond.clip_f is not None and cond.clip_f.shape == (2, int(8 * 1.48), TINY["embed_dim"])
-    assert cond.sync_f is not None and cond.sync_f.shape == (2, sf.num_segments(int(25 * 1.48)) * 8, 768)
-    assert cond.text_f.shape == (2, 77, TINY["text_cfg"]["width"])
-    assert calls[-1][0] == calls[-1][1] and [d for d, _ in calls] == sorted(d for d, _ in calls)
-    no_clip = extractor.encode_video(clip, 24.0, with_clip=False)
-    assert no_clip.clip_f is None and no_clip.sync_f is not None
-    assert no_clip.sync_f.equal(cond.sync_f[:1])
+    assert cond.source == "video" and cond.windows.is_single and cond.num_rows == 2
+    # one clip: its CLIP and Synchformer features are shared by every prompt row (one window)
+    assert cond.clip_features is not None and cond.clip_features.shape == (1, int(8 * 1.48), TINY["embed_dim"])
+    assert cond.sync_features is not None
+    assert cond.sync_features.shape == (1, sf.num_segments(int(25 * 1.48)) * 8, 768)
+    assert cond.text_features.shape == (2, 77, TINY["text_cfg"]["width"])
+    assert cond.text_index.tolist() == [[0], [1]] and cond.negative_features is None
+    assert not torch.equal(cond.text_features[0], cond.text_features[1])
+    assert cond.clip_seq_len == cond.clip_features.shape[1] and cond.sync_seq_len == cond.sync_features.shape[1]
+    assert sum(sync.batches) == sf.num_segments(int(25 * 1.48))
+    for stage in ("frames", "clip", "sync", "text"):
+        calls = runtime.reports[stage]
+        assert calls[-1][0] == calls[-1][1] and [d for d, _ in calls] == sorted(d for d, _ in calls), stage
+    assert runtime.units["sync"] == sf.num_segments(int(25 * 1.48)) and runtime.units["text"] == 1
+    no_clip = engine.encode_conditions(models, source, engine.parse_prompts("rain"), duration=None,
+                                       mask_away_clip=True, runtime=_RecordingRuntime())
+    assert no_clip.clip_features is None and no_clip.sync_features is not None
+    assert no_clip.sync_features.equal(cond.sync_features)
+    torch.testing.assert_close(no_clip.text_features, cond.text_features[:1])  # batch 1 vs 2: rounding only
