@@ -1,8 +1,10 @@
 """Command line: ``python -m mmaudio generate --video in.mp4 --prompt "rain on a tin roof" --out out.mp4``.
 
-Runs the same library stages as the ComfyUI nodes. Without ``--video`` it is text-to-audio and writes an audio
-file. Weights are looked up in ``--weights`` and, unless ``--no-download`` is given, the missing published files
-of the chosen variant are fetched (checked against their published checksums) on first use.
+A thin driver of the engine (``mmaudio/engine``), like the ComfyUI nodes: same prompt syntax, duration rules,
+batching, seeds, checks and messages. Everything that can be checked before a model is loaded is checked first
+(outputs, inputs, options, the weights files' kinds and modes); then the models load, the engine runs, and the
+outputs are written, each atomically. Without ``--video`` it is text-to-audio and writes an audio file.
+Exit codes: 0 done, 2 a clear error (nothing written), 130 interrupted (nothing written).
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MMAudioError
+from .errors import InvalidInputError, MMAudioError
 from .model.config import VARIANTS
 
-AUDIO_SUFFIXES = {".wav": "wav", ".flac": "flac", ".mp3": "mp3", ".opus": "opus", ".ogg": "opus"}
-VIDEO_SUFFIXES = {".mp4": "mp4", ".mkv": "mkv", ".webm": "webm", ".mov": "mp4"}
 COMPONENT_FLAGS = ("network", "vae", "vocoder", "clip", "synchformer")
+DEFAULT_VARIANT = "large_44k_v2"
+_MODE_VARIANTS = {"16k": "small_16k", "44k": "large_44k_v2"}  # whose companion files a custom network takes
 
 
 class TextProgress:
@@ -41,37 +44,50 @@ class TextProgress:
             width = 30
             filled = int(width * min(done, total) / total)
             bar = "#" * filled + "." * (width - filled)
-            sys.stderr.write(f"\r{stage:>10} [{bar}] {done}/{total}  {elapsed:5.1f}s")
+            sys.stderr.write(f"\r{stage:>20} [{bar}] {done}/{total}  {elapsed:5.1f}s")
         else:
-            sys.stderr.write(f"\r{stage:>10} {done}  {elapsed:5.1f}s")
+            sys.stderr.write(f"\r{stage:>20} {done}  {elapsed:5.1f}s")
         sys.stderr.flush()
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.close()
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
 
     def close(self) -> None:
         if self._stage and not self.quiet:
             sys.stderr.write("\n")
             sys.stderr.flush()
+        self._stage = ""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .media.outputs import AUDIO_SUFFIXES, VIDEO_SUFFIXES
+
     parser = argparse.ArgumentParser(prog="python -m mmaudio", description="MMAudio: sound for video, or text.")
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate audio for a video (muxed into a copy) or for a prompt")
     gen.add_argument("--video", type=Path, help="input video; omit for text-to-audio")
-    gen.add_argument("--prompt", default="", help="what the audio should contain")
-    gen.add_argument("--negative-prompt", default="", help="what it should not contain")
+    gen.add_argument("--prompt", default="", help="what the audio should contain; one prompt per line gives a "
+                                                  "batch, lines starting with a time like [12] or [1:05] change "
+                                                  "the prompt over time (as in the ComfyUI node)")
+    gen.add_argument("--negative-prompt", default="", help="what it should not contain (one line, or one per "
+                                                           "prompt line, or timed lines)")
     gen.add_argument("--out", type=Path, required=True,
-                     help="output: a video (.mp4/.mkv/.webm) with the new soundtrack, or an audio file "
-                          "(.wav/.flac/.mp3/.opus) for text-to-audio")
+                     help=f"output: a video ({', '.join(VIDEO_SUFFIXES)}) with the new soundtrack, or an audio "
+                          f"file ({', '.join(AUDIO_SUFFIXES)})")
     gen.add_argument("--audio-out", type=Path, help="also write the audio alone here (default: beside a video "
                                                     "output, as .flac)")
-    gen.add_argument("--duration", type=float, help="seconds (default: the video's length, or 8 s for text)")
+    gen.add_argument("--duration", type=float, help="seconds (default: the video's length, or 8 s for text); "
+                                                    "longer than 10 s runs in overlapping 8 s windows")
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--steps", type=int, default=25)
-    gen.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance strength")
+    gen.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance strength (below 1: none)")
     gen.add_argument("--samples", type=int, default=1, help="samples per prompt (consecutive seeds)")
     gen.add_argument("--mask-away-clip", action="store_true", help="ignore CLIP image features (keep sync)")
-    gen.add_argument("--variant", default="large_44k_v2", choices=sorted(VARIANTS),
-                     help="network variant to fetch when no --network file is given")
+    gen.add_argument("--variant", choices=sorted(VARIANTS),
+                     help=f"network variant to fetch (default: the variant of --network, else {DEFAULT_VARIANT})")
     gen.add_argument("--weights", type=Path, help="weights folder (default: $MMAUDIO_WEIGHTS or "
                                                   "~/.cache/mmaudio-sync)")
     gen.add_argument("--no-download", action="store_true", help="never fetch missing weights")
@@ -89,16 +105,92 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_files(args: argparse.Namespace, progress: TextProgress):  # -> ComponentFiles
-    from .pipeline import ComponentFiles, default_weights_folder
+@dataclass(frozen=True)
+class Outputs:
+    """Where each sample's files go: (video or None, audio) per batch row, and the formats."""
+
+    videos: list[Path]
+    audios: list[Path]
+    container: str | None
+    audio_format: str
+
+
+def _plan_outputs(args: argparse.Namespace, rows: int) -> Outputs:
+    """Check every output before anything loads: formats, writable folders, none of them an input, distinct."""
+    from .media import outputs
+
+    inputs = {"--video": args.video} if args.video is not None else {}
+    inputs.update({f"--{kind}": getattr(args, kind) for kind in COMPONENT_FLAGS if getattr(args, kind)})
+    suffix = args.out.suffix.lower()
+    if args.video is None and suffix not in outputs.AUDIO_SUFFIXES:
+        raise InvalidInputError(f"--out {args.out}: without --video the output is audio; use one of "
+                                f"{', '.join(outputs.AUDIO_SUFFIXES)}")
+    if suffix in outputs.VIDEO_SUFFIXES:
+        videos = outputs.numbered_paths(args.out, rows)
+        audio_target = args.audio_out or args.out.with_suffix(".flac")
+        container = None
+        for path in videos:
+            container = outputs.check_video_output(path, "--out", args.video, inputs=inputs)
+        audio_option = "--audio-out" if args.audio_out else "--out (its .flac companion)"
+    else:
+        videos, container = [], None
+        audio_target, audio_option = args.out, "--out"
+        if args.audio_out is not None:
+            raise InvalidInputError("--audio-out: only with a video --out (the audio is --out itself)")
+    audios = outputs.numbered_paths(audio_target, rows)
+    audio_format = ""
+    for path in audios:
+        audio_format = outputs.check_audio_output(path, audio_option, inputs=inputs)
+    named = [("--out", p) for p in videos] + [(audio_option, p) for p in audios]
+    outputs.check_distinct_outputs(named, inputs)
+    return Outputs(videos, audios, container, audio_format)
+
+
+def _network_choice(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The variant whose companion files to use, and the mode of an explicit --network (from its tensors)."""
+    from .weights import require_kind
+
+    if args.network is None:
+        return args.variant or DEFAULT_VARIANT, None
+    _check_file(args.network, "--network")
+    identity = require_kind(args.network, "network")
+    if identity.mode is None:
+        raise InvalidInputError(f"--network {args.network}: {identity.description} makes latents no published "
+                                "decoder turns into audio")
+    variant = identity.variant if identity.variant in VARIANTS else _MODE_VARIANTS[identity.mode]
+    if args.variant is not None and VARIANTS[args.variant].mode != identity.mode:
+        raise InvalidInputError(f"--variant {args.variant} is a {VARIANTS[args.variant].mode} model but --network "
+                                f"{args.network.name} is a {identity.mode} one ({identity.description}); drop "
+                                "--variant or give a network of that mode")
+    for kind in ("vae", "vocoder"):  # a decoder of the other mode is refused before anything loads
+        path = getattr(args, kind)
+        if path is not None:
+            _check_file(path, f"--{kind}")
+            found = require_kind(path, kind)
+            if found.mode is not None and found.mode != identity.mode:
+                raise InvalidInputError(f"--{kind} {path.name} is for {found.mode} audio but --network "
+                                        f"{args.network.name} is a {identity.mode} model; give the {kind} of its mode")
+    return args.variant or variant, identity.mode
+
+
+def _check_file(path: Path, option: str) -> None:
+    if not path.exists():
+        raise InvalidInputError(f"{option} {path}: no such file")
+    if not path.is_file():
+        raise InvalidInputError(f"{option} {path}: not a file")
+
+
+def _resolve_files(args: argparse.Namespace, variant: str, progress: TextProgress):  # -> ComponentFiles
+    from .engine import ComponentFiles, default_weights_folder
     from .weights import download_known_file, files_for_variant, find_known_file, missing_weights_error
 
     folder = args.weights or default_weights_folder()
-    chosen = files_for_variant(args.variant, prefer="original")
+    chosen = files_for_variant(variant, prefer="original")
     paths = {}
     for kind in COMPONENT_FLAGS:
         explicit = getattr(args, kind)
         if explicit is not None:
+            _check_file(explicit, f"--{kind}")
             paths[kind] = explicit
             continue
         entry = chosen[kind]
@@ -107,61 +199,76 @@ def _resolve_files(args: argparse.Namespace, progress: TextProgress):  # -> Comp
             if args.no_download:
                 raise missing_weights_error(entry, folder, "--no-download was given")
             local = download_known_file(entry, folder, progress=lambda stage, done, total, name=entry.name:
-                                        progress(f"{name}", done, total))
+                                        progress(f"download {name}", done, total))
         paths[kind] = local
     return ComponentFiles(**paths)
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    suffix = args.out.suffix.lower()
-    if args.video is None and suffix not in AUDIO_SUFFIXES:
-        raise MMAudioError(f"--out {args.out}: without --video the output is audio; use one of "
-                           f"{', '.join(AUDIO_SUFFIXES)}")
-    if args.video is not None and suffix not in VIDEO_SUFFIXES and suffix not in AUDIO_SUFFIXES:
-        raise MMAudioError(f"--out {args.out}: expected a video ({', '.join(VIDEO_SUFFIXES)}) or audio "
-                           f"({', '.join(AUDIO_SUFFIXES)}) file name")
-    if args.video is not None and not args.video.is_file():
-        raise MMAudioError(f"--video {args.video}: no such file")
+def _request(args: argparse.Namespace):  # -> GenerationRequest
+    from .engine import GenerationRequest, SamplingSettings, check_request
+
+    request = GenerationRequest(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, duration=args.duration,
+        mask_away_clip=args.mask_away_clip,
+        sampling=SamplingSettings(seed=args.seed, steps=args.steps, cfg=args.cfg, samples=args.samples,
+                                  compile=args.compile))
+    check_request(request)
+    return request
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
     """Run the job; returns the files written."""
-    from . import media
-    from .pipeline import MMAudioPipeline
+    from . import engine, media
+    from .features.streaming import VideoFile
 
-    _check_outputs(args)
+    started = time.monotonic()
     progress = TextProgress(args.quiet)
+    request = _request(args)
+    rows = engine.parse_prompts(args.prompt, args.negative_prompt).num_rows * args.samples
+    if args.video is not None:
+        _check_file(args.video, "--video")
+    outputs = _plan_outputs(args, rows)
+    source = None
+    if args.video is not None:  # probed before any weights load, so a bad file fails fast
+        source = engine.VisualSource.from_file(VideoFile.open(args.video))
+    device = engine.pick_device(args.device)
+    variant, _ = _network_choice(args)
     try:
-        files = _resolve_files(args, progress)
-        if args.video is not None:  # probed before any weights load, so a bad file fails fast
-            media.probe_video(args.video)
-        pipeline = MMAudioPipeline.from_files(files, device=args.device, precision=args.precision,
-                                              offload=args.offload)
-        result = pipeline.generate(
-            prompts=[args.prompt], negative_prompt=args.negative_prompt, video=args.video,
-            duration=args.duration, seed=args.seed, steps=args.steps, cfg=args.cfg, num_samples=args.samples,
-            mask_away_clip=args.mask_away_clip, progress=progress, compile=args.compile,
-        )
+        files = _resolve_files(args, variant, progress)
+        models = engine.load_models(files, device=device, precision=args.precision, offload=args.offload,
+                                    progress=progress)
+        runtime = engine.DirectRuntime(device, offload=args.offload, progress=progress)
+        result = engine.generate(models, source, request, runtime)
     finally:
         progress.close()
+    _report_duration(result, args, progress)
 
     written: list[Path] = []
-    batch = result.waveform.shape[0]
-
-    def numbered(path: Path, index: int) -> Path:
-        return path if batch == 1 else path.with_name(f"{path.stem}_{index:02d}{path.suffix}")
-
-    out_is_video = args.out.suffix.lower() in VIDEO_SUFFIXES
-    for index in range(batch):
-        wave = result.waveform[index]
-        if out_is_video:
-            target = numbered(args.out, index)
-            written.extend(media.mux_audio_into_video(args.video, wave, result.sample_rate, target))
-            audio_path = numbered(args.audio_out or args.out.with_suffix(".flac"), index)
-        else:
-            audio_path = numbered(args.out, index)
-        written.append(media.write_audio(audio_path, wave, result.sample_rate))
+    try:
+        for index in range(result.waveform.shape[0]):
+            wave = result.waveform[index]
+            if outputs.videos:
+                written.extend(media.mux_audio_into_video(args.video, wave, result.sample_rate,
+                                                          outputs.videos[index]))
+            written.append(media.write_audio(outputs.audios[index], wave, result.sample_rate,
+                                             format=outputs.audio_format))
+    except BaseException:
+        # A later output failed (or Ctrl-C): the earlier ones of this run go too, so a run is all or nothing.
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    progress.note(f"done: {len(written)} file(s), {result.duration:g} s of {result.sample_rate} Hz audio, "
+                  f"{time.monotonic() - started:.1f} s")
     return written
+
+
+def _report_duration(result, args: argparse.Namespace, progress: TextProgress) -> None:
+    conditions = result.conditions
+    if args.duration and conditions.duration < args.duration - 1e-9:
+        progress.note(f"duration: {args.duration:g} s asked, the video covers {conditions.duration:g} s; "
+                      f"generated {conditions.duration:g} s")
+    if not conditions.windows.is_single:
+        progress.note(f"windows: {conditions.windows.describe()}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: nothing was written", file=sys.stderr)
         return 130
     for path in written:
         print(path)

@@ -14,7 +14,7 @@ import torch
 
 from .errors import InvalidInputError
 from .model.compiled import compiled_flow
-from .model.conditions import Conditions
+from .model.conditions import NetworkConditions
 from .model.guidance import FlowFn, guided_flow
 from .model.network import MMAudioNetwork
 
@@ -81,7 +81,7 @@ def euler_sample(velocity: VelocityFn, x0: torch.Tensor, num_steps: int, *,
 
 
 # ---- guided velocity -----------------------------------------------------------------------------------------
-def guided_velocity(net: MMAudioNetwork, conditions: Conditions, empty_conditions: Conditions | None,
+def guided_velocity(net: MMAudioNetwork, conditions: NetworkConditions, empty_conditions: NetworkConditions | None,
                     cfg_strength: float, *, batched: bool = True, flow: FlowFn | None = None) -> VelocityFn:
     """v(t, x) = cfg * flow(x | conditions) + (1 - cfg) * flow(x | empty), or the conditional flow when cfg < 1.
 
@@ -94,7 +94,7 @@ def guided_velocity(net: MMAudioNetwork, conditions: Conditions, empty_condition
         raise InvalidInputError(f"cfg must be a finite number, got {cfg_strength!r}")
     compute_dtype = conditions.dtype
     predict_flow = flow or net.predict_flow
-    cache: dict[int, Conditions] = {}
+    cache: dict[int, NetworkConditions] = {}
     joint_branches = batched and cfg_strength >= 1.0 and empty_conditions is not None
     net.prepare_device_caches(conditions.device)
     if not joint_branches:  # the forwards take these conditions as they are: find their rows now, outside them
@@ -110,7 +110,7 @@ def guided_velocity(net: MMAudioNetwork, conditions: Conditions, empty_condition
         if joint_branches:
             joint = cache.get(batch)
             if joint is None:
-                joint = Conditions.concat([conditions.expand(batch), empty_conditions.expand(batch)])
+                joint = NetworkConditions.concat([conditions.expand(batch), empty_conditions.expand(batch)])
                 joint.distinct_sync_rows()
                 cache[batch] = joint
         velocity = guided_flow(predict_flow, latent, t_batch, conditions, empty_conditions, cfg_strength,
@@ -124,7 +124,7 @@ def build_conditions(net: MMAudioNetwork, *, clip_f: torch.Tensor | None = None,
                      text_f: torch.Tensor | None = None, negative_text_f: torch.Tensor | None = None,
                      mask_away_clip: bool = False, batch_size: int | None = None,
                      dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-                     ) -> tuple[Conditions, Conditions]:
+                     ) -> tuple[NetworkConditions, NetworkConditions]:
     """Conditional and unconditional (empty) conditions for one generation.
 
     A missing stream uses the network's learned empty features: no video (``clip_f`` and ``sync_f`` None) is
@@ -156,7 +156,8 @@ def build_conditions(net: MMAudioNetwork, *, clip_f: torch.Tensor | None = None,
     return conditions, empty
 
 
-def sample(net: MMAudioNetwork, x0: torch.Tensor, conditions: Conditions, empty_conditions: Conditions | None, *,
+def sample(net: MMAudioNetwork, x0: torch.Tensor, conditions: NetworkConditions,
+           empty_conditions: NetworkConditions | None, *,
            num_steps: int = DEFAULT_STEPS, cfg_strength: float = DEFAULT_CFG, callback: StepCallback | None = None,
            batched_cfg: bool = True, compile: str = "off") -> torch.Tensor:
     """Normalised latents x1 from noise x0 (call ``net.unnormalize`` before decoding). ``compile``: "off",
@@ -168,23 +169,3 @@ def sample(net: MMAudioNetwork, x0: torch.Tensor, conditions: Conditions, empty_
         return euler_sample(velocity, x0, num_steps, callback=callback)
     finally:  # also after an error or an interrupt raised by the callback
         net.release_device_caches()
-
-
-def generate_latents(net: MMAudioNetwork, *, seed: int, clip_f: torch.Tensor | None = None,
-                     sync_f: torch.Tensor | None = None, text_f: torch.Tensor | None = None,
-                     negative_text_f: torch.Tensor | None = None, mask_away_clip: bool = False,
-                     batch_size: int | None = None, num_steps: int = DEFAULT_STEPS, cfg_strength: float = DEFAULT_CFG,
-                     callback: StepCallback | None = None, dtype: torch.dtype | None = None,
-                     device: torch.device | str | None = None, compile: str = "off") -> torch.Tensor:
-    """The whole sampling stage: conditions, seeded noise, Euler integration, unnormalisation.
-
-    Returns VAE latents [B, latent_seq_len, latent_dim] in float32 for the network's current sequence lengths.
-    """
-    _check_steps(num_steps)
-    conditions, empty = build_conditions(net, clip_f=clip_f, sync_f=sync_f, text_f=text_f,
-                                         negative_text_f=negative_text_f, mask_away_clip=mask_away_clip,
-                                         batch_size=batch_size, dtype=dtype, device=device)
-    x0 = initial_noise(seed, conditions.batch_size, net.latent_seq_len, net.latent_dim, device=conditions.device)
-    x1 = sample(net, x0, conditions, empty if cfg_strength >= 1.0 else None, num_steps=num_steps,
-                cfg_strength=cfg_strength, callback=callback, compile=compile)
-    return net.unnormalize(x1.float())

@@ -61,18 +61,28 @@ class MMAudioSyncEncodeConditions(io.ComfyNode):
                                        "timestamps, frame by frame; use either this or images."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="What should be heard. One prompt per line: each line becomes its own "
-                                        "generation in the batch (same clip). Empty: no text guidance."),
+                                        "generation in the batch (same clip). Empty: no text guidance.\n"
+                                        "Prompt that changes over time: start lines with a time in brackets, "
+                                        "seconds or minutes:seconds, e.g.\n  rain on a tin roof\n  [12] thunder, "
+                                        "heavy rain\n  [1:05] birds after the storm\n(one soundtrack; each 8 s "
+                                        "window uses the prompt in force at its middle)."),
                 io.String.Input("negative_prompt", multiline=True, default="",
                                 tooltip="What should not be heard, e.g. 'music'. One line for every prompt, or "
-                                        "exactly one line per prompt line. Empty: the model's unconditional "
-                                        "prompt."),
+                                        "exactly one line per prompt line; with a timed prompt, one line or "
+                                        "timed lines. Empty: the model's unconditional prompt."),
                 io.Float.Input("duration", default=0.0, min=0.0, max=adapters.MAX_DURATION_S, step=0.01,
                                tooltip="Seconds of audio. 0 uses the clip length (8 s, the training length, "
-                                       "without a clip). Longer than the clip: cut to the clip. The models were "
-                                       "trained on 8 s; far longer or shorter may sound worse."),
+                                       "without a clip). Longer than the clip: cut to the clip. Up to 10 s run "
+                                       "in one pass; longer soundtracks run as overlapping 8 s windows (the "
+                                       "training length), each conditioned on its own part of the video and "
+                                       "blended at every step."),
                 io.Boolean.Input("mask_away_clip", default=False,
                                  tooltip="Ignore what the frames show (CLIP) and keep only their timing "
                                          "(Synchformer): sound follows the prompt, synced to the motion."),
+                NetworkType.Input("network", optional=True,
+                                  tooltip="Optional: the network you sample with. Soundtracks longer than 10 s are "
+                                          "cut into windows on its latent grid; without it, on the 44.1 kHz grid "
+                                          "(every variant but small_16k)."),
             ],
             outputs=[
                 ConditionsType.Output(display_name="conditions",
@@ -85,19 +95,13 @@ class MMAudioSyncEncodeConditions(io.ComfyNode):
     @classmethod
     def execute(cls, feature_models: Any, prompt: str, negative_prompt: str, duration: float,
                 mask_away_clip: bool, images: torch.Tensor | None = None, fps: float | None = None,
-                video: Any | None = None) -> io.NodeOutput:
-        requested = duration if duration and duration > 0 else None
-        source = adapters.visual_source(images, fps, video, requested)
+                video: Any | None = None, network: Any | None = None) -> io.NodeOutput:
+        source = adapters.visual_source(images, fps, video)
         conditions = adapters.encode_conditions(feature_models, source, prompt, negative_prompt, duration,
-                                                mask_away_clip)
+                                                mask_away_clip, network)
 
         def timing() -> dict[str, list]:
-            clip = {} if source is None else ui_payloads.clip_description(
-                adapters.frame_count(source.frames), source.fps, source.times)
-            if source is not None and source.kind == "image":
-                clip["fps"] = None  # a still image has no frame rate
-            return ui_payloads.conditions_timing_payload(conditions, requested_duration=requested,
-                                                         mask_away_clip=mask_away_clip, **clip)
+            return ui_payloads.conditions_timing_payload(conditions, mask_away_clip=mask_away_clip)
 
         return io.NodeOutput(conditions, float(conditions.duration), ui=_payload(timing))
 

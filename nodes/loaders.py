@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..mmaudio.weights import PRECISIONS
 from . import adapters
-from .memory import PRECISION_TOOLTIP, PRECISIONS
+from .memory import PRECISION_TOOLTIP
 from .types import DecoderType, FeatureModelsType, NetworkType
 
 CATEGORY = "audio/MMAudio"

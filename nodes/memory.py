@@ -18,21 +18,14 @@ import comfy.ops
 import torch
 from torch import nn
 
-from ..mmaudio.errors import InvalidInputError
 from ..mmaudio.ops import store_layer_weights
+from ..mmaudio.weights import plan_precision
 
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16", "fp8_e4m3fn")
 PRECISION_TOOLTIP = (
     "Storage and compute precision of the weights. auto: bf16 or fp16 where the device computes them well "
     "(ComfyUI decides), else fp32 (always fp32 on CPU). fp8_e4m3fn stores layer weights in 8 bits (half the "
     "memory of fp16) and computes in bf16/fp16; quality may drop slightly."
 )
-_FIXED: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "fp8_e4m3fn": torch.float8_e4m3fn,
-}
 _CAST_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d)
 
 
@@ -74,24 +67,14 @@ def layer_ops(weight_dtype: torch.dtype, compute_dtype: torch.dtype, load_device
     return ops
 
 
-def choose_placement(precision: str, *, prefer_half: bool = True) -> Placement:
-    """Devices and dtypes for a model loaded with ``precision`` (one of :data:`PRECISIONS`).
-
-    ``prefer_half`` False keeps ``auto`` at fp32 (used for the decoder, whose output is the audio itself).
-    """
-    if precision not in PRECISIONS:
-        raise InvalidInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+def choose_placement(precision: str, role: str) -> Placement:
+    """Devices and dtypes for a model of ``role`` ("network", "synchformer", "clip", "decoder") loaded with
+    ``precision``: the library's policy (:func:`plan_precision`) with ComfyUI's judgement of half precision."""
     load_device = mm.get_torch_device()
-    offload_device = mm.unet_offload_device()
-    half = half_dtype(load_device)
-    if precision == "auto":
-        weight = compute = half if (prefer_half and half is not None) else torch.float32
-    elif precision == "fp8_e4m3fn":
-        weight, compute = torch.float8_e4m3fn, half or torch.float32
-    else:
-        weight = compute = _FIXED[precision]
-    return Placement(load_device=load_device, offload_device=offload_device, weight_dtype=weight,
-                     compute_dtype=compute, ops=layer_ops(weight, compute, load_device))
+    plan = plan_precision(precision, role, half_dtype(load_device))
+    return Placement(load_device=load_device, offload_device=mm.unet_offload_device(), weight_dtype=plan.weight_dtype,
+                     compute_dtype=plan.compute_dtype, ops=layer_ops(plan.weight_dtype, plan.compute_dtype,
+                                                                      load_device))
 
 
 def narrow_layer_weights(module: nn.Module, dtype: torch.dtype) -> None:

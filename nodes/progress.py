@@ -52,4 +52,5 @@ class NodeProgress:
         return report
 
     def finish(self) -> None:
-        self.set(self.total)
+        if self.done < self.total:
+            self.set(self.total)

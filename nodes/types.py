@@ -2,9 +2,10 @@
 
 Type names carry the pack prefix ``MMAUDIO_SYNC_`` so they never meet another MMAudio pack's sockets
 (kijai's MMAUDIO_MODEL, VOCODER_MODEL, MMAUDIO_FEATUREUTILS). Each object carries what the next node needs to
-check a pairing before any compute: the network's variant and mode, the conditions' duration and sequence
-lengths, the decoder's mode and sample rate. Tensors inside conditions and latents live on the CPU
-(ComfyUI's intermediate device): a cached node output never pins GPU memory.
+check a pairing before any compute: the network's variant and mode, the decoder's mode and sample rate. The
+conditions and latents that travel between the compute nodes are the engine's own objects
+(:class:`~..mmaudio.engine.EncodedConditions`, :class:`~..mmaudio.engine.AudioLatents`), whose tensors live on
+the CPU (ComfyUI's intermediate device): a cached node output never pins GPU memory.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from comfy_api.latest import io
 
+from ..mmaudio.engine import FeatureModels, Placed
 from ..mmaudio.modes import mode_words
 from .memory import Placement
 
@@ -41,6 +42,10 @@ class NetworkHandle:
     def network(self) -> Any:
         return self.patcher.model.network
 
+    @property
+    def placed(self) -> Placed:
+        return Placed(self.network, self.placement.load_device, self.placement.compute_dtype, self.patcher)
+
     def describe(self) -> str:
         return f"{self.variant} ({mode_words(self.mode)}, {self.file_name})"
 
@@ -55,6 +60,14 @@ class FeatureModelsHandle:
     sync_placement: Placement
     clip_file: str
     synchformer_file: str
+
+    @property
+    def models(self) -> FeatureModels:
+        return FeatureModels(
+            clip=Placed(self.clip.model.clip, self.sync_placement.load_device, self.clip_placement.compute_dtype,
+                        self.clip),
+            synchformer=Placed(self.synchformer.model.synchformer, self.sync_placement.load_device,
+                               self.sync_placement.compute_dtype, self.synchformer))
 
 
 @dataclass(frozen=True)
@@ -72,39 +85,6 @@ class DecoderHandle:
     def decoder(self) -> Any:
         return self.patcher.model.decoder
 
-
-@dataclass(frozen=True, eq=False)
-class AudioConditions:
-    """Features for one generation, made for one duration (CPU tensors, float32).
-
-    ``clip_features``/``sync_features`` are [1, clip_seq_len, D] / [1, sync_seq_len, D], or None where the
-    network's learned "empty" features stand in (text-to-audio, mask_away_clip, a still image for sync).
-    ``text_features`` holds one row per prompt; ``negative_text_features`` one row, or one per prompt.
-    """
-
-    duration: float
-    clip_seq_len: int
-    sync_seq_len: int
-    clip_features: torch.Tensor | None
-    sync_features: torch.Tensor | None
-    text_features: torch.Tensor
-    negative_text_features: torch.Tensor | None
-    prompts: tuple[str, ...]
-    negative_prompts: tuple[str, ...]
-    source: str  # "video", "image", "text" (what the visual features came from)
-
     @property
-    def num_prompts(self) -> int:
-        return int(self.text_features.shape[0])
-
-
-@dataclass(frozen=True, eq=False)
-class AudioLatents:
-    """Sampled VAE latents [B, latent_seq_len, latent_dim] (CPU, float32), ready for a decoder of ``mode``."""
-
-    latents: torch.Tensor
-    mode: str
-    duration: float
-    sample_rate: int
-    seeds: tuple[int, ...]
-    prompts: tuple[str, ...]  # the prompt of every batch row
+    def placed(self) -> Placed:
+        return Placed(self.decoder, self.placement.load_device, self.decoder.compute_dtype, self.patcher)

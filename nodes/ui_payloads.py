@@ -133,22 +133,52 @@ def clip_description(num_frames: int, fps: Any = None, times: Sequence[float] | 
 def conditions_timing_payload(conditions: Any, *, num_frames: int | None = None, fps: Any = None,
                               requested_duration: float | None = None, clip_length: float | None = None,
                               timestamps: bool = False, mask_away_clip: bool = False) -> dict[str, list[dict]]:
-    """:func:`timing_payload` read from an ``AudioConditions`` (``duration``, ``clip_seq_len``, ``sync_seq_len``,
-    ``source``): frame counts are what each encoder actually read (none for text; no Synchformer for a still)."""
+    """:func:`timing_payload` read from the engine's ``EncodedConditions`` (``duration``, ``clip_seq_len``,
+    ``sync_seq_len``, ``source``, and when present ``clip``, ``requested_duration`` and ``windows``): frame
+    counts are what each encoder actually read (none for text; no Synchformer for a still). A soundtrack made in
+    windows adds ``windows``: [start, end] seconds of each, and the counts are summed over the windows."""
     duration = _finite(getattr(conditions, "duration", None), minimum=0.0)
     if duration is None:
         return {TIMING_KEY: []}
     source = getattr(conditions, "source", None)
-    clip_frames = _count(getattr(conditions, "clip_seq_len", 0)) or 0
-    segments = (_count(getattr(conditions, "sync_seq_len", 0)) or 0) // SYNC_TOKENS_PER_SEGMENT
-    sync_frames = int(duration * 25)
+    clip = getattr(conditions, "clip", None)
+    if clip is not None and num_frames is None:
+        described = clip_description(clip.num_frames, clip.fps, clip.frame_times)
+        num_frames, fps = described["num_frames"], described["fps"]
+        clip_length, timestamps = described["clip_length"], described["timestamps"]
+    if source == "image":
+        fps = None  # a still image has no frame rate
+    if requested_duration is None:
+        requested_duration = getattr(conditions, "requested_duration", None)
+    plan = getattr(conditions, "windows", None)
+    spans = _window_spans(plan)
+    count = max(1, len(spans))
+    window_seconds = _finite(getattr(plan, "window_duration", None), minimum=0.0) or duration
+    clip_frames = count * (_count(getattr(conditions, "clip_seq_len", 0)) or 0)
+    segments = count * ((_count(getattr(conditions, "sync_seq_len", 0)) or 0) // SYNC_TOKENS_PER_SEGMENT)
+    sync_frames = count * int(window_seconds * 25)
     if source == "text":
         clip_frames = sync_frames = segments = 0
     elif source == "image":
         sync_frames = segments = 0
-    return timing_payload(num_frames, fps, duration, clip_frames, sync_frames, segments,
-                          requested_duration=requested_duration, source=source, clip_length=clip_length,
-                          timestamps=timestamps, mask_away_clip=mask_away_clip)
+    payload = timing_payload(num_frames, fps, duration, clip_frames, sync_frames, segments,
+                             requested_duration=requested_duration, source=source, clip_length=clip_length,
+                             timestamps=timestamps, mask_away_clip=mask_away_clip)
+    if spans and payload[TIMING_KEY]:
+        payload[TIMING_KEY][0]["windows"] = spans
+    return payload
+
+
+def _window_spans(plan: Any) -> list[list[float]]:
+    """[start, end] seconds of every window of a windowed plan (empty for one pass)."""
+    if plan is None or getattr(plan, "is_single", True):
+        return []
+    spans = []
+    for index in range(int(plan.num_windows)):
+        start = _finite(plan.start_seconds(index))
+        if start is not None:
+            spans.append([round(start, DECIMALS), round(start + float(plan.window_duration), DECIMALS)])
+    return spans
 
 
 # ---- waveform ------------------------------------------------------------------------------------------------

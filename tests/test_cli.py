@@ -111,14 +111,22 @@ def test_missing_weights_without_download_name_the_file(tmp_path, capsys) -> Non
     assert "mmaudio_large_44k_v2" in err and str(tmp_path / "empty") in err
 
 
+def _request(prompt: str = "rain", duration: float = 1.0, steps: int = 2):
+    from mmaudio.engine import GenerationRequest, SamplingSettings
+
+    return GenerationRequest(prompt=prompt, duration=duration, sampling=SamplingSettings(seed=42, steps=steps))
+
+
 def test_offload_moves_each_stage_and_gives_the_same_audio(models, monkeypatch) -> None:
     """On a CPU the moves change nothing, so the test records which models each stage moves, and in what order."""
-    from mmaudio.pipeline import ComponentFiles, MMAudioPipeline
+    from mmaudio import engine
 
-    files = ComponentFiles(**models)
-    plain = MMAudioPipeline.from_files(files, device="cpu").generate(prompts=["rain"], duration=1.0, steps=2)
-    staged = MMAudioPipeline.from_files(files, device="cpu", offload=True)
-    names = {id(staged.features): "features", id(staged.network): "network", id(staged.decoder): "decoder"}
+    files = engine.ComponentFiles(**models)
+    plain_models = engine.load_models(files, device="cpu")
+    plain = engine.generate(plain_models, None, _request(), engine.DirectRuntime("cpu"))
+    staged = engine.load_models(files, device="cpu", offload=True)
+    names = {id(staged.features.clip.module): "clip", id(staged.features.synchformer.module): "synchformer",
+             id(staged.network.module): "network", id(staged.decoder.module): "decoder"}
     moves: list[tuple[str, str]] = []
     real_to = torch.nn.Module.to
 
@@ -128,21 +136,22 @@ def test_offload_moves_each_stage_and_gives_the_same_audio(models, monkeypatch) 
         return real_to(module, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.Module, "to", recording_to)
-    result = staged.generate(prompts=["rain"], duration=1.0, steps=2)
-    assert moves == [("features", "cpu"), ("features", "cpu"), ("network", "cpu"), ("network", "cpu"),
+    result = engine.generate(staged, None, _request(), engine.DirectRuntime("cpu", offload=True))
+    # Text-to-audio: CLIP for the text, then the network, then the decoder; each there for its stage only.
+    assert moves == [("clip", "cpu"), ("clip", "cpu"), ("network", "cpu"), ("network", "cpu"),
                      ("decoder", "cpu"), ("decoder", "cpu")]
     assert torch.equal(result.waveform, plain.waveform)
 
 
 def test_offload_returns_the_models_after_an_error(models, monkeypatch) -> None:
-    from mmaudio.pipeline import ComponentFiles, MMAudioPipeline
+    from mmaudio import engine
 
-    staged = MMAudioPipeline.from_files(ComponentFiles(**models), device="cpu", offload=True)
+    staged = engine.load_models(engine.ComponentFiles(**models), device="cpu", offload=True)
     returned: list[str] = []
     real_to = torch.nn.Module.to
 
     def recording_to(module, *args, **kwargs):
-        if module is staged.network:
+        if module is staged.network.module:
             returned.append(str(args[0] if args else kwargs.get("device")))
         return real_to(module, *args, **kwargs)
 
@@ -150,7 +159,7 @@ def test_offload_returns_the_models_after_an_error(models, monkeypatch) -> None:
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(torch.nn.Module, "to", recording_to)
-    monkeypatch.setattr("mmaudio.pipeline.generate_latents", failing_sampler)
+    monkeypatch.setattr("mmaudio.engine.sampling.sample", failing_sampler)
     with pytest.raises(RuntimeError, match="out of memory"):
-        staged.generate(prompts=["rain"], duration=1.0, steps=2)
+        engine.generate(staged, None, _request(), engine.DirectRuntime("cpu", offload=True))
     assert returned == ["cpu", "cpu"]  # moved for the stage, then back despite the error

@@ -1,8 +1,9 @@
-"""The CPU fast path of the flow network: Winograd F(2, 3) convolutions and adaLN on distinct sync rows.
+"""The CPU fast path of the flow network: Winograd F(4, 3) convolutions and adaLN on distinct sync rows.
 
 Both change only the order of float32 arithmetic, so each is checked in float64 (where the algorithm must agree
 with the plain convolution to ~1e-15, proving it exact) and in float32 (where the difference must stay at
-rounding level), plus the conditions under which the fast path is taken and the life of its caches.
+rounding level), plus the one switch that turns the Winograd path on (``winograd.fast_path_for``), the layers it
+applies to, and the life of its filters.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mmaudio.model import winograd
-from mmaudio.model.conditions import Conditions, distinct_rows
+from mmaudio.model.conditions import NetworkConditions, distinct_rows
 from mmaudio.model.layers import SwiGLU, channel_last_conv1d
 from mmaudio.ops import default_ops
 from mmaudio.sampling import build_conditions, initial_noise, sample
@@ -85,29 +86,26 @@ def test_filters_beyond_the_budget_keep_the_plain_convolution(monkeypatch: pytes
     one_mlp = 2 * sum(layer.weight.numel() * 4 for layer in (first.w1, first.w2, first.w3))  # F(4, 3): 6/3
     held_before = winograd.held_filter_bytes()  # other live modules of this test session may hold some
     monkeypatch.setattr(winograd, "FILTER_BUDGET_BYTES", held_before + one_mlp + 10)
-    with torch.no_grad():
+    plain = second(x).detach()
+    calls = _count_fast_calls(monkeypatch)
+    with torch.no_grad(), _fast(first), _fast(second):
         first(x)
-        assert winograd.held_filter_bytes() == held_before + one_mlp
+        assert winograd.held_filter_bytes() == held_before + one_mlp and len(calls) == 1
         out = second(x)  # does not fit: plain path, nothing held
-        assert second._winograd._filters is None and winograd.held_filter_bytes() == held_before + one_mlp
-        with winograd.use_winograd(False):
-            assert torch.equal(out, second(x))
-    first.release_cached_filters()
-    second.release_cached_filters()
+        assert winograd.held_filter_bytes() == held_before + one_mlp and len(calls) == 1
+    assert torch.equal(out, plain)
     assert winograd.held_filter_bytes() == held_before
 
 
-def test_filters_of_a_dropped_module_stop_counting() -> None:
-    import gc
-
+def test_leaving_the_switch_restores_plain_layers_and_drops_the_filters_even_after_an_error() -> None:
     mlp = _mlp()
     held_before = winograd.held_filter_bytes()
-    with torch.no_grad():
+    with pytest.raises(KeyboardInterrupt), torch.no_grad(), _fast(mlp):
         mlp(torch.randn(1, 5, 16))
-    assert winograd.held_filter_bytes() > held_before
-    del mlp
-    gc.collect()
+        assert winograd.held_filter_bytes() > held_before and "forward" in vars(mlp)
+        raise KeyboardInterrupt
     assert winograd.held_filter_bytes() == held_before
+    assert "forward" not in vars(mlp)  # the class forward again
 
 
 def test_filter_tiles_rejects_other_kernels() -> None:
@@ -118,7 +116,11 @@ def test_filter_tiles_rejects_other_kernels() -> None:
 # ---- when the layers take it ---------------------------------------------------------------------------------
 def _mlp(seed: int = 0, dtype: torch.dtype = torch.float32) -> SwiGLU:
     torch.manual_seed(seed)
-    return SwiGLU(16, 96, default_ops(), kernel_size=3, reuse_filters=True).to(dtype)
+    return SwiGLU(16, 96, default_ops(), kernel_size=3, per_step=True).to(dtype)
+
+
+def _fast(module: torch.nn.Module, dtype: torch.dtype = torch.float32):
+    return winograd.fast_path_for(module, "cpu", dtype)
 
 
 def _count_fast_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -137,10 +139,13 @@ def test_mlp_takes_the_fast_path_for_cpu_float32_inference(monkeypatch: pytest.M
     mlp, x = _mlp(), torch.randn(2, 11, 16)
     calls = _count_fast_calls(monkeypatch)
     with torch.no_grad():
-        fast = mlp(x)
+        plain = mlp(x)  # outside the switch: the plain layer
+        assert calls == []
+        with _fast(mlp):
+            fast = mlp(x)
         assert len(calls) == 1
-        with winograd.use_winograd(False):
-            plain = mlp(x)
+        with winograd.use_winograd(False), _fast(mlp):
+            assert torch.equal(mlp(x), plain)
         assert len(calls) == 1
     assert winograd.winograd_enabled()
     assert rel_l2(fast, plain) < 1e-5
@@ -151,35 +156,35 @@ def test_mlp_keeps_the_plain_path(case: str, monkeypatch: pytest.MonkeyPatch) ->
     calls = _count_fast_calls(monkeypatch)
     mlp = _mlp(dtype=torch.bfloat16 if case == "bf16" else torch.float32)
     if case == "kernel1":
-        mlp = SwiGLU(16, 96, default_ops(), kernel_size=1, reuse_filters=True)
+        mlp = SwiGLU(16, 96, default_ops(), kernel_size=1, per_step=True)
     if case == "not_reused":
         mlp = SwiGLU(16, 96, default_ops(), kernel_size=3)
     if case == "patched":  # a ComfyUI layer with a weight patch applied per call
         mlp.w1.weight_function = [lambda w: w]
-    x = torch.randn(1, 5, 16, dtype=torch.bfloat16 if case == "bf16" else torch.float32)
-    if case == "grad":
-        mlp(x).sum().backward()
-    else:
-        with torch.no_grad():
-            mlp(x)
+    dtype = torch.bfloat16 if case == "bf16" else torch.float32
+    x = torch.randn(1, 5, 16, dtype=dtype)
+    with _fast(mlp, dtype):
+        if case == "grad":
+            mlp(x).sum().backward()
+        else:
+            with torch.no_grad():
+                mlp(x)
     assert calls == []
 
 
 def test_cached_filters_follow_weight_changes_and_are_released() -> None:
     mlp, x = _mlp(), torch.randn(1, 9, 16)
+    held = winograd.held_filter_bytes()
     with torch.no_grad():
-        before = mlp(x)
-        assert mlp._winograd._key is not None
-        mlp.w2.weight.mul_(2.0)  # in place: a new version of the same storage
-        after = mlp(x)
-        with winograd.use_winograd(False):
-            plain = mlp(x)
+        with _fast(mlp):
+            before = mlp(x)
+            assert winograd.held_filter_bytes() > held
+            mlp.w2.weight.mul_(2.0)  # in place: a new version of the same storage
+            after = mlp(x)
+        plain = mlp(x)
     assert rel_l2(after, 2 * before) < 1e-5
     assert rel_l2(after, plain) < 1e-5
-    held = winograd.held_filter_bytes()
-    mlp.release_cached_filters()
-    assert mlp._winograd._key is None and mlp._winograd._filters is None
-    assert winograd.held_filter_bytes() < held
+    assert winograd.held_filter_bytes() == held
 
 
 def test_inference_tensor_weights_are_cached(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,26 +197,26 @@ def test_inference_tensor_weights_are_cached(monkeypatch: pytest.MonkeyPatch) ->
     calls = _count_fast_calls(monkeypatch)
     x = torch.randn(1, 7, 16)
     with torch.inference_mode():
-        fast = mlp(x)
-        again = mlp(x)
-        with winograd.use_winograd(False):
-            plain = mlp(x)
+        with _fast(mlp):
+            fast = mlp(x)
+            again = mlp(x)
+        plain = mlp(x)
     assert len(calls) == 2 and torch.equal(fast, again)
     assert rel_l2(fast, plain) < 1e-5
 
 
 def test_channel_last_conv_with_bias_takes_the_fast_path() -> None:
     torch.manual_seed(0)
-    conv = channel_last_conv1d(default_ops(), 8, 6, 3, reuse_filters=True)
+    conv = channel_last_conv1d(default_ops(), 8, 6, 3, per_step=True)
     x = torch.randn(2, 7, 8)
+    held = winograd.held_filter_bytes()
     with torch.no_grad():
-        fast = conv(x)
-        assert conv._winograd._key is not None
-        with winograd.use_winograd(False):
-            plain = conv(x)
-    assert rel_l2(fast, plain) < 1e-5
-    conv.release_cached_filters()
-    assert conv._winograd._key is None
+        with _fast(conv):
+            fast = conv(x)
+            assert winograd.held_filter_bytes() > held
+        plain = conv(x)
+    assert rel_l2(fast, plain) < 1e-5 and not torch.equal(fast, plain)
+    assert winograd.held_filter_bytes() == held
 
 
 # ---- distinct sync rows ----------------------------------------------------------------------------------------
@@ -239,7 +244,7 @@ def test_projected_sync_rows_repeat_and_the_empty_video_has_few() -> None:
 
 def test_all_distinct_rows_are_not_deduplicated() -> None:
     sequence = torch.randn(1, 6, 4)
-    cond = Conditions(clip_f=torch.zeros(1, 2, 4), sync_f=sequence, text_f=torch.zeros(1, 3, 4),
+    cond = NetworkConditions(clip_f=torch.zeros(1, 2, 4), sync_f=sequence, text_f=torch.zeros(1, 3, 4),
                       clip_f_c=torch.zeros(1, 4), text_f_c=torch.zeros(1, 4))
     assert cond.distinct_sync_rows() is None
 
@@ -254,11 +259,12 @@ def test_sampling_is_unchanged_by_the_fast_path_and_leaves_no_cache(monkeypatch:
             cond, empty = build_conditions(net, **features)
             return sample(net, x0, cond, empty, num_steps=4, cfg_strength=4.5)
 
-    fast = run()
-    assert all(getattr(m, "_winograd", None) is None or m._winograd._key is None for m in net.modules())
+    held = winograd.held_filter_bytes()
+    with _fast(net):
+        fast = run()
+    assert winograd.held_filter_bytes() == held
     monkeypatch.setattr("mmaudio.model.conditions.DISTINCT_ROWS_WORTHWHILE", 0.0)
-    with winograd.use_winograd(False):
-        plain = run()
+    plain = run()
     assert rel_l2(fast, plain) < 1e-5
     assert not torch.equal(fast, plain)  # the fast path really ran
 
@@ -272,7 +278,7 @@ def test_expected_filter_bytes_match_what_sampling_holds() -> None:
     assert winograd.expected_filter_bytes(net, "cuda", torch.float32) == 0
     held: list[int] = []
     before = winograd.held_filter_bytes()
-    with torch.no_grad():
+    with torch.no_grad(), _fast(net):
         cond, empty = build_conditions(net, **random_features(3))
         x0 = initial_noise(1, 1, LENGTHS.latent_seq_len, LATENT_DIM)
         sample(net, x0, cond, empty, num_steps=2, cfg_strength=4.5,

@@ -31,7 +31,7 @@ def mm(pack):
 
 
 def test_cpu_auto_is_fp32_with_casting_comfy_ops(memory, mm):
-    placement = memory.choose_placement("auto")
+    placement = memory.choose_placement("auto", "network")
     assert placement.load_device == torch.device("cpu") and placement.offload_device == torch.device("cpu")
     assert placement.weight_dtype == placement.compute_dtype == torch.float32
     assert issubclass(placement.ops, sys.modules["comfy.ops"].manual_cast)
@@ -40,24 +40,24 @@ def test_cpu_auto_is_fp32_with_casting_comfy_ops(memory, mm):
 def test_auto_follows_comfyui_half_precision_choice(memory, mm):
     mm.TORCH_DEVICE = torch.device("meta")  # any non-CPU device: the stand-in then answers from its flags
     mm.BF16_SUPPORTED, mm.FP16_SUPPORTED = True, True
-    assert memory.choose_placement("auto").compute_dtype == torch.bfloat16
-    assert memory.choose_placement("auto", prefer_half=False).compute_dtype == torch.float32
+    assert memory.choose_placement("auto", "network").compute_dtype == torch.bfloat16
+    assert memory.choose_placement("auto", "decoder").compute_dtype == torch.float32
     mm.BF16_SUPPORTED = False
-    assert memory.choose_placement("auto").compute_dtype == torch.float16
-    fp8 = memory.choose_placement("fp8_e4m3fn")
+    assert memory.choose_placement("auto", "network").compute_dtype == torch.float16
+    fp8 = memory.choose_placement("fp8_e4m3fn", "network")
     assert (fp8.weight_dtype, fp8.compute_dtype) == (torch.float8_e4m3fn, torch.float16)
-    assert memory.choose_placement("bf16").weight_dtype == torch.bfloat16
+    assert memory.choose_placement("bf16", "network").weight_dtype == torch.bfloat16
 
 
 def test_fp8_on_cpu_computes_in_fp32(memory, mm):
-    placement = memory.choose_placement("fp8_e4m3fn")
+    placement = memory.choose_placement("fp8_e4m3fn", "network")
     assert (placement.weight_dtype, placement.compute_dtype) == (torch.float8_e4m3fn, torch.float32)
 
 
 def test_unknown_precision_is_refused(pack, memory):
     errors = sys.modules[f"{PACK_NAME}.mmaudio.errors"]
     with pytest.raises(errors.InvalidInputError, match="precision"):
-        memory.choose_placement("int4")
+        memory.choose_placement("int4", "network")
 
 
 def test_narrowing_touches_only_comfy_layer_weights(memory):
@@ -92,7 +92,7 @@ def test_patcher_root_keeps_bookkeeping_off_library_modules(memory):
         def device(self):
             return self.layer.weight.device
 
-    placement = memory.choose_placement("auto")
+    placement = memory.choose_placement("auto", "network")
     patcher = memory.wrap(placement, network=WithDeviceProperty())
     patcher.model.device = torch.device("cpu")  # what ModelPatcher.load() does to its root
     assert isinstance(patcher.model.network, WithDeviceProperty)
@@ -109,7 +109,7 @@ def test_loose_tensors_follow_a_partial_load(memory):
             self.empty_feat = nn.Parameter(torch.zeros(1, 3))
             self.register_buffer("stats", torch.ones(3))
 
-    placement = memory.choose_placement("auto")
+    placement = memory.choose_placement("auto", "network")
     patcher = memory.wrap(placement, network=Net())
     patcher.load_device = torch.device("meta")
     memory.pin_loose_tensors(patcher)  # a full load: nothing to do
@@ -143,4 +143,4 @@ def test_progress_stages_split_one_bar(pack):
         bar.finish()
     finally:
         utils.set_progress_bar_global_hook(None)
-    assert seen == [(2, 10), (4, 10), (10, 10), (10, 10)]
+    assert seen == [(2, 10), (4, 10), (10, 10)]  # finishing a full bar reports nothing new

@@ -155,8 +155,8 @@ def test_duration_zero_without_a_clip_is_the_training_length(nodes, loaded):
 def test_prompt_lines_and_samples_form_one_batch_with_consecutive_seeds(nodes, loaded):
     network, features, _ = loaded
     conditions, _ = encode(nodes, features, prompt="dog barking\n\n  rain \n", negative_prompt="music")
-    assert conditions.prompts == ("dog barking", "rain")
-    assert conditions.text_features.shape[0] == 2 and conditions.negative_text_features.shape[0] == 1
+    assert conditions.prompts.labels() == ("dog barking", "rain")
+    assert conditions.text_features.shape[0] == 2 and conditions.negative_features.shape[0] == 1
     batch = sample(nodes, network, conditions, seed=11, samples=2)
     assert batch.latents.shape[0] == 4
     assert batch.seeds == (11, 12, 11, 12)
@@ -170,7 +170,7 @@ def test_prompt_lines_and_samples_form_one_batch_with_consecutive_seeds(nodes, l
 def test_negative_prompt_lines_pair_with_prompts(pack, nodes, loaded):
     _, features, _ = loaded
     paired, _ = encode(nodes, features, prompt="a\nb\nc", negative_prompt="x\ny\nz")
-    assert paired.negative_text_features.shape[0] == 3
+    assert paired.negative_features.shape[0] == 3
     with pytest.raises(errors(pack).InvalidInputError, match="negative_prompt"):
         encode(nodes, features, prompt="a\nb\nc", negative_prompt="x\ny")
 
@@ -225,7 +225,7 @@ def test_conditions_for_other_lengths_are_refused(pack, nodes, loaded):
 
     network, features, _ = loaded
     conditions, _ = encode(nodes, features, prompt="x", duration=2.0)
-    forged = dataclasses.replace(conditions, clip_seq_len=conditions.clip_seq_len + 8)
+    forged = dataclasses.replace(conditions, clip_features=torch.zeros(1, conditions.clip_seq_len + 8, 32))
     with pytest.raises(errors(pack).IncompatibleComponentsError, match="encode them again"):
         sample(nodes, network, forged)
 
@@ -236,7 +236,7 @@ def test_latents_of_another_mode_are_refused_by_the_decoder(pack, nodes, loaded)
     network, features, decoder = loaded
     conditions, _ = encode(nodes, features, prompt="x")
     latents = sample(nodes, network, conditions, steps=1)
-    foreign = dataclasses.replace(latents, mode="44k", sample_rate=44100)
+    foreign = dataclasses.replace(latents, mode="44k")
     with pytest.raises(errors(pack).IncompatibleComponentsError, match=r"44\.1 kHz"):
         nodes["MMAudioSyncDecode"].execute(decoder=decoder, latents=foreign)
 
@@ -270,7 +270,7 @@ def test_video_components_use_their_frame_rate(pack):
     frames = torch.rand(12, 16, 16, 3)
     video = latest.InputImpl.VideoFromComponents(latest.Types.VideoComponents(images=frames,
                                                                               frame_rate=Fraction(30000, 1001)))
-    source = adapters.visual_source(None, None, video, None)
+    source = adapters.visual_source(None, None, video)
     assert source.frames is frames and source.fps == Fraction(30000, 1001) and source.times is None
 
 

@@ -20,7 +20,8 @@ EXPECTED_NODES = {
     "MMAudioSyncNetworkLoader": ([], ["MMAUDIO_SYNC_NETWORK"]),
     "MMAudioSyncFeatureModelsLoader": ([], ["MMAUDIO_SYNC_FEATURE_MODELS"]),
     "MMAudioSyncDecoderLoader": ([], ["MMAUDIO_SYNC_DECODER"]),
-    "MMAudioSyncEncodeConditions": (["MMAUDIO_SYNC_FEATURE_MODELS"], ["MMAUDIO_SYNC_CONDITIONS", "FLOAT"]),
+    "MMAudioSyncEncodeConditions": (["MMAUDIO_SYNC_FEATURE_MODELS", "MMAUDIO_SYNC_NETWORK"],
+                                    ["MMAUDIO_SYNC_CONDITIONS", "FLOAT"]),
     "MMAudioSyncSampler": (["MMAUDIO_SYNC_NETWORK", "MMAUDIO_SYNC_CONDITIONS"], ["MMAUDIO_SYNC_LATENT"]),
     "MMAudioSyncDecode": (["MMAUDIO_SYNC_DECODER", "MMAUDIO_SYNC_LATENT"], ["AUDIO"]),
     "MMAudioSyncCompileNetwork": (["MMAUDIO_SYNC_NETWORK"], ["MMAUDIO_SYNC_NETWORK"]),
@@ -96,7 +97,7 @@ def test_defaults_are_the_reference_settings(schemas):
     duration = _input(schemas, "MMAudioSyncEncodeConditions", "duration")
     assert duration.default == 0.0 and "clip length" in duration.tooltip
     assert _input(schemas, "MMAudioSyncEncodeConditions", "mask_away_clip").default is False
-    for optional in ("images", "fps", "video"):
+    for optional in ("images", "fps", "video", "network"):
         assert _input(schemas, "MMAudioSyncEncodeConditions", optional).optional
     assert "line" in _input(schemas, "MMAudioSyncEncodeConditions", "prompt").tooltip
 

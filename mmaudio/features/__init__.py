@@ -1,7 +1,7 @@
 """Conditioning features: frame choice by timestamp, CLIP image/text features, Synchformer sync features."""
 
 from .clip import ClipEncoder, build_clip, clip_config, clip_weights, get_tokenizer, load_clip
-from .extractor import Conditions, FeatureExtractor, VideoFeatures
+from .extractor import FeatureExtractor
 from .frames import (
     CLIP_FPS,
     CLIP_SIZE,
@@ -21,12 +21,10 @@ __all__ = [
     "SYNC_FPS",
     "SYNC_SIZE",
     "ClipEncoder",
-    "Conditions",
     "FeatureExtractor",
     "FramePlan",
     "PreparedFrames",
     "SynchformerVisual",
-    "VideoFeatures",
     "build_clip",
     "clip_config",
     "clip_weights",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -268,8 +268,7 @@ class VideoFile:
 
     ``duration`` is the requested duration (None: the clip's length); decoding stops ``DECODE_MARGIN_S`` after it
     (or after ``longest`` when none is given). ``window`` is the stretch of the file to read (a trim; see
-    :class:`~..media.reading.TimeWindow`): the clip is then that stretch, timed from its first frame. After
-    :meth:`prepare`, ``timestamps`` holds every frame time read.
+    :class:`~..media.reading.TimeWindow`): the clip is then that stretch, timed from its first frame.
     """
 
     source: MediaSource
@@ -278,7 +277,6 @@ class VideoFile:
     max_duration: float | None
     chunk_size: int
     window: TimeWindow = WHOLE_FILE
-    timestamps: torch.Tensor | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, source: MediaSource, *, duration: float | None = None, longest: float | None = None,
@@ -327,19 +325,14 @@ class VideoFile:
         length = self.window.seconds_of(self.info)
         return length if self.duration is None else min(self.duration, length)
 
-    @property
-    def num_frames(self) -> int:
-        """Frames read by :meth:`prepare`, or the expected count before."""
-        return self.expected_frames if self.timestamps is None else int(self.timestamps.numel())
-
     def chunks(self) -> Iterator[FrameChunk]:
         """Decoded chunks of ``chunk_size`` frames of the window, up to ``max_duration``."""
         return iter_video_frames(self.source, max_duration=self.max_duration, chunk_size=self.chunk_size,
                                  window=self.window)
 
-    def prepare(self, *, progress: Progress | None = None) -> PreparedFrames:
-        """Decode, choose and resize in one pass (see :class:`FrameStreamer`); records ``timestamps``."""
+    def prepare(self, *, progress: Progress | None = None) -> tuple[PreparedFrames, torch.Tensor]:
+        """Decode, choose and resize in one pass (see :class:`FrameStreamer`): the prepared frames, and the time
+        of every frame read (float64 seconds)."""
         streamer = FrameStreamer(self.duration, expected_duration=self.expected_duration)
         prepared = streamer.consume(self.chunks(), expected_frames=self.expected_frames, progress=progress)
-        self.timestamps = streamer.timestamps
-        return prepared
+        return prepared, streamer.timestamps

@@ -261,6 +261,15 @@ class SynchformerVisual(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.pos_embed.dtype
 
+    def memory_for_segments(self, batch: int, dtype: torch.dtype | None = None) -> int:
+        """Activation bytes of one forward over ``batch`` segments (for a memory manager): the 8 x 196 tokens of
+        a segment through a block (q/k/v, attention output, residuals, 4x MLP), plus the float32 input."""
+        cfg = self.cfg
+        itemsize = torch.empty((), dtype=dtype or self.dtype).element_size()
+        tokens = cfg.time_steps * cfg.grid * cfg.grid + 1
+        pixels = cfg.frames * 3 * cfg.image_size * cfg.image_size
+        return int(batch * (tokens * cfg.dim * 10 * itemsize + pixels * 4))
+
     def forward(self, segments: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         n, t, c, h, w = segments.shape

@@ -1,7 +1,7 @@
 """The MMAudio flow network: configuration, variants, sequence lengths, checkpoint detection."""
 
 from ..modes import MODES
-from .conditions import Conditions
+from .conditions import NetworkConditions
 from .config import CHECKPOINT_FILES, VARIANTS, NetworkConfig
 from .detect import build_network_from_state_dict, config_from_state_dict
 from .network import MMAudioNetwork
@@ -12,8 +12,8 @@ __all__ = [
     "MIN_DURATION_S",
     "MODES",
     "VARIANTS",
-    "Conditions",
     "MMAudioNetwork",
+    "NetworkConditions",
     "NetworkConfig",
     "SequenceLengths",
     "build_network_from_state_dict",

@@ -104,9 +104,9 @@ class StreamBlock(nn.Module):
         if kernel_size == 1:
             self.linear1 = ops.Linear(dim, dim, bias=True)
         else:
-            self.linear1 = channel_last_conv1d(ops, dim, dim, kernel_size, reuse_filters=True)
+            self.linear1 = channel_last_conv1d(ops, dim, dim, kernel_size, per_step=True)
         self.norm2 = ops.LayerNorm(dim, elementwise_affine=False, eps=LAYERNORM_EPS)
-        self.ffn = SwiGLU(dim, int(dim * mlp_ratio), ops, kernel_size=kernel_size, reuse_filters=True)
+        self.ffn = SwiGLU(dim, int(dim * mlp_ratio), ops, kernel_size=kernel_size, per_step=True)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), ops.Linear(dim, 6 * dim, bias=True))
 
     def pre_attention(self, x: torch.Tensor, c: Condition, rot: Rotary | None,

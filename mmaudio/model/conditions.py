@@ -42,7 +42,7 @@ def distinct_rows(sequence: torch.Tensor) -> DistinctRows:
 
 
 @dataclass
-class Conditions:
+class NetworkConditions:
     """Hidden-size features of one batch: per-token clip/sync/text sequences and pooled clip/text vectors.
 
     ``sync_f`` is already resampled to the latent length. Batch-1 entries (the learned empty features) may be
@@ -60,7 +60,7 @@ class Conditions:
     def distinct_sync_rows(self) -> DistinctRows | None:
         """The distinct rows of ``sync_f`` per sample, or None when deduplication would save too little.
 
-        Computed once per Conditions object (a sampler keeps its conditions for all steps) from the values
+        Computed once per NetworkConditions object (a sampler keeps its conditions for all steps) from the values
         themselves, so hand-built conditions are handled as well as projected ones.
         """
         if not self._distinct_sync_known:
@@ -85,7 +85,7 @@ class Conditions:
     def device(self) -> torch.device:
         return self.clip_f.device
 
-    def expand(self, batch_size: int) -> Conditions:
+    def expand(self, batch_size: int) -> NetworkConditions:
         """Every entry at ``batch_size``; batch-1 entries are broadcast, others must already match."""
         if all(value.shape[0] == batch_size for value in self.tensors().values()):
             return self  # keeps what was computed from it (distinct sync rows)
@@ -99,15 +99,16 @@ class Conditions:
                 raise InvalidInputError(
                     f"conditioning {name} has batch {value.shape[0]}, which cannot be used for batch {batch_size}"
                 )
-        return Conditions(**out)
+        return NetworkConditions(**out)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Conditions:
-        return Conditions(**{name: value.to(device=device, dtype=dtype) for name, value in self.tensors().items()})
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> NetworkConditions:
+        moved = {name: value.to(device=device, dtype=dtype) for name, value in self.tensors().items()}
+        return NetworkConditions(**moved)
 
     @staticmethod
-    def concat(parts: list[Conditions]) -> Conditions:
+    def concat(parts: list[NetworkConditions]) -> NetworkConditions:
         """Stack several conditions along the batch (e.g. conditional and unconditional for one CFG pass)."""
         sized = [part.expand(part.batch_size) for part in parts]
-        return Conditions(**{
+        return NetworkConditions(**{
             name: torch.cat([part.tensors()[name] for part in sized], dim=0) for name in sized[0].tensors()
         })

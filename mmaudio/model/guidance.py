@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from .conditions import Conditions
+from .conditions import NetworkConditions
 
 FlowFn = Callable[..., torch.Tensor]  # predict_flow(latent, t[B], conditions, *, branches=1) -> flow
 
@@ -16,9 +16,9 @@ def combine_guidance(cond_flow: torch.Tensor, uncond_flow: torch.Tensor, cfg_str
     return cfg_strength * cond_flow + (1 - cfg_strength) * uncond_flow
 
 
-def guided_flow(predict_flow: FlowFn, latent: torch.Tensor, t: torch.Tensor, conditions: Conditions,
-                empty_conditions: Conditions | None, cfg_strength: float, *,
-                joint_conditions: Conditions | None = None, batched: bool = True) -> torch.Tensor:
+def guided_flow(predict_flow: FlowFn, latent: torch.Tensor, t: torch.Tensor, conditions: NetworkConditions,
+                empty_conditions: NetworkConditions | None, cfg_strength: float, *,
+                joint_conditions: NetworkConditions | None = None, batched: bool = True) -> torch.Tensor:
     """Guided velocity at time t [B] (float32) for latent [B, L, C].
 
     cfg_strength < 1 evaluates the conditional branch only. Otherwise the conditional and unconditional
@@ -34,6 +34,6 @@ def guided_flow(predict_flow: FlowFn, latent: torch.Tensor, t: torch.Tensor, con
                                 cfg_strength)
     batch = latent.shape[0]
     if joint_conditions is None:
-        joint_conditions = Conditions.concat([conditions.expand(batch), empty_conditions.expand(batch)])
+        joint_conditions = NetworkConditions.concat([conditions.expand(batch), empty_conditions.expand(batch)])
     flow = predict_flow(latent, torch.cat([t, t]), joint_conditions, branches=2)  # one input projection
     return combine_guidance(flow[:batch], flow[batch:], cfg_strength)

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import winograd
 from .config import swiglu_hidden_dim
 
 
@@ -31,38 +30,24 @@ def _channel_last_class(conv_cls: type) -> type:
     class ChannelLastConv1d(conv_cls):  # type: ignore[misc, valid-type]
         """Conv1d over the token axis of a channel-last sequence; parameter names are those of Conv1d.
 
-        With ``reuse_filters`` set (layers a sampler runs at every step), a kernel-3 convolution takes the
-        Winograd path on a CPU, keeping its transformed filters until :meth:`release_cached_filters`.
+        ``per_step`` marks the layers a sampler runs at every step (what a step-level fast path may replace).
         """
 
-        reuse_filters = False
+        per_step = False
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-            if self.reuse_filters and winograd.applies_to(x):
-                weights = winograd.stored_weights([self], x)
-                bias = self.bias
-                if weights is not None and (bias is None or (bias.dtype == x.dtype and bias.device == x.device)):
-                    filters = self._winograd.get(weights, winograd.filter_tiles)
-                    if filters is not None:  # None: beyond the filter memory budget
-                        return winograd.conv3(x, filters, bias)
             return super().forward(x.transpose(1, 2)).transpose(1, 2)
-
-        def release_cached_filters(self) -> None:
-            if self.reuse_filters:
-                self._winograd.clear()
 
     ChannelLastConv1d.__qualname__ = f"ChannelLast{conv_cls.__name__}"
     return ChannelLastConv1d
 
 
 def channel_last_conv1d(ops: Any, in_dim: int, out_dim: int, kernel_size: int, *, bias: bool = True,
-                        reuse_filters: bool = False) -> nn.Module:
-    """A "same"-padded Conv1d applied to [B, L, C] sequences (see ``reuse_filters`` above for kernel 3)."""
+                        per_step: bool = False) -> nn.Module:
+    """A "same"-padded Conv1d applied to [B, L, C] sequences (``per_step``: run at every sampler step)."""
     cls = _channel_last_class(ops.Conv1d)
     layer = cls(in_dim, out_dim, kernel_size=kernel_size, padding=kernel_size // 2, bias=bias)
-    if reuse_filters and kernel_size == 3:
-        layer.reuse_filters = True
-        layer._winograd = winograd.FilterCache()
+    layer.per_step = per_step
     return layer
 
 
@@ -70,16 +55,15 @@ class SwiGLU(nn.Module):
     """w2(silu(w1 x) * w3 x) without biases, as Linear layers (kernel_size 1) or channel-last convolutions.
 
     ``nominal_hidden`` is dim * ratio; the real width is two thirds of it rounded up to a multiple of 256.
-    With ``reuse_filters`` (the MLPs a sampler runs at every step), kernel-3 convolutions take the Winograd
-    path on a CPU (:mod:`.winograd`), with the transformed filters kept until :meth:`release_cached_filters`.
+    ``per_step`` marks the MLPs a sampler runs at every step (what a step-level fast path may replace).
     """
 
     def __init__(self, dim: int, nominal_hidden: int, ops: Any, kernel_size: int = 1, *,
-                 reuse_filters: bool = False) -> None:
+                 per_step: bool = False) -> None:
         super().__init__()
         hidden = swiglu_hidden_dim(nominal_hidden)
-        self.reuse_filters = reuse_filters and kernel_size == 3
-        self._winograd = winograd.FilterCache()
+        self.per_step = per_step
+        self.kernel_size = kernel_size
         if kernel_size == 1:
             self.w1 = ops.Linear(dim, hidden, bias=False)
             self.w2 = ops.Linear(hidden, dim, bias=False)
@@ -90,16 +74,7 @@ class SwiGLU(nn.Module):
             self.w3 = channel_last_conv1d(ops, dim, hidden, kernel_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.reuse_filters and winograd.applies_to(x):
-            weights = winograd.stored_weights([self.w1, self.w2, self.w3], x)
-            filters = None if weights is None else self._winograd.get(weights, winograd.swiglu_filters)
-            if filters is not None:  # None: not the stored weights, or beyond the filter memory budget
-                return winograd.swiglu3(x, *filters)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-    def release_cached_filters(self) -> None:
-        """Drop the transformed filters (twice the convolution weights' memory while kept)."""
-        self._winograd.clear()
 
 
 class HeadRMSNorm(nn.Module):

@@ -17,8 +17,8 @@ from torch import nn
 from ..errors import InvalidInputError
 from ..ops import resolve_ops
 from .blocks import Condition, FinalBlock, JointBlock, StreamBlock, TokenCondition
-from .conditions import Conditions
-from .config import NetworkConfig
+from .conditions import NetworkConditions
+from .config import NetworkConfig, swiglu_hidden_dim
 from .embeddings import RotaryTables, TimestepEmbedder
 from .guidance import guided_flow
 from .layers import SwiGLU, cast_like, channel_last_conv1d
@@ -136,6 +136,17 @@ class MMAudioNetwork(nn.Module):
         dtype = self.empty_clip_feat.dtype
         return dtype if dtype in _COMPUTE_DTYPES else torch.bfloat16
 
+    def activation_memory(self, batch: int, latent_seq_len: int, clip_seq_len: int, dtype: torch.dtype) -> int:
+        """Bytes of activations one ``predict_flow`` over ``batch`` rows holds at its peak, for a memory manager:
+        a block's working set over the joint sequence (modulation terms, q/k/v, attention output, residuals and the
+        SwiGLU's hidden activations), plus the latent stream's per-token modulation."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        dim = self.hidden_dim
+        hidden = swiglu_hidden_dim(int(dim * self._config.mlp_ratio))
+        tokens = latent_seq_len + clip_seq_len + self.text_seq_len
+        per_token = 10 * dim + 3 * hidden
+        return int(batch * itemsize * (tokens * per_token + latent_seq_len * 6 * dim))
+
     def update_seq_lengths(self, latent_seq_len: int, clip_seq_len: int, sync_seq_len: int) -> None:
         """Set the token counts of the three streams (they follow the duration) and rebuild the rotary tables."""
         lengths = {"latent_seq_len": latent_seq_len, "clip_seq_len": clip_seq_len, "sync_seq_len": sync_seq_len}
@@ -180,17 +191,9 @@ class MMAudioNetwork(nn.Module):
         every move of the module), so no tensor of ours stays on a GPU once the weights have been offloaded."""
         self._rotary.release_device_copies()
         self.t_embed.release_device_copies()
-        self._release_cached_filters()
-
-    def _release_cached_filters(self) -> None:
-        for module in self.modules():
-            release = getattr(module, "release_cached_filters", None)
-            if release is not None:
-                release()
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> MMAudioNetwork:
         self._rotary.release_device_copies()
-        self._release_cached_filters()
         return super()._apply(fn, *args, **kwargs)
 
     @property
@@ -227,7 +230,8 @@ class MMAudioNetwork(nn.Module):
                 f"got {list(x.shape)}"
             )
 
-    def preprocess_conditions(self, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor) -> Conditions:
+    def preprocess_conditions(self, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor,
+                              ) -> NetworkConditions:
         """Project CLIP [B, clip_len, clip_dim], Synchformer [B, sync_len, sync_dim] and text [B, 77, text_dim]
         features to the hidden size; these do not depend on t, so a sampler computes them once.
 
@@ -245,7 +249,7 @@ class MMAudioNetwork(nn.Module):
         text = self.text_input_proj(text_f)
 
         sync = F.interpolate(sync.transpose(1, 2), size=self._latent_seq_len, mode="nearest-exact").transpose(1, 2)
-        return Conditions(clip_f=clip, sync_f=sync, text_f=text, clip_f_c=self.clip_cond_proj(clip.mean(dim=1)),
+        return NetworkConditions(clip_f=clip, sync_f=sync, text_f=text, clip_f_c=self.clip_cond_proj(clip.mean(dim=1)),
                           text_f_c=self.text_cond_proj(text.mean(dim=1)))
 
     def _empty_sequence(self, param: torch.Tensor, bs: int, length: int, dtype: torch.dtype | None,
@@ -271,7 +275,7 @@ class MMAudioNetwork(nn.Module):
         return value.unsqueeze(0).expand(bs, -1, -1)
 
     def get_empty_conditions(self, bs: int, negative_text_features: torch.Tensor | None = None, *,
-                             dtype: torch.dtype | None = None, device: torch.device | None = None) -> Conditions:
+                             dtype: torch.dtype | None = None, device: torch.device | None = None) -> NetworkConditions:
         """Unconditional branch: learned empty clip/sync features with the empty-string text feature, or with
         ``negative_text_features`` (batch 1 or ``bs``) when a negative prompt is given. Computed at batch 1
         and broadcast to ``bs``.
@@ -292,7 +296,7 @@ class MMAudioNetwork(nn.Module):
         return self.preprocess_conditions(clip, sync, text).expand(bs)
 
     # ---- flow ----------------------------------------------------------------------------------------------
-    def predict_flow(self, latent: torch.Tensor, t: torch.Tensor | float, conditions: Conditions, *,
+    def predict_flow(self, latent: torch.Tensor, t: torch.Tensor | float, conditions: NetworkConditions, *,
                      branches: int = 1) -> torch.Tensor:
         """Velocity [branches * B, L, latent_dim] at flow time t (noise at 0, data at 1; one value per sample or a
         scalar). ``branches`` > 1 runs the same latent [B, L, C] under several stacked condition sets (the
@@ -323,7 +327,7 @@ class MMAudioNetwork(nn.Module):
         return self.final_layer(x, global_c)
 
     @staticmethod
-    def _latent_condition(global_c: torch.Tensor, conditions: Conditions) -> Condition:
+    def _latent_condition(global_c: torch.Tensor, conditions: NetworkConditions) -> Condition:
         """global_c + sync_f, the per-token condition of the latent stream, as distinct rows where they repeat."""
         # A compiled forward keeps every token: the number of distinct rows varies with the video, and each new
         # count would compile the network again.
@@ -336,8 +340,8 @@ class MMAudioNetwork(nn.Module):
                 t: torch.Tensor | float) -> torch.Tensor:
         return self.predict_flow(latent, t, self.preprocess_conditions(clip_f, sync_f, text_f))
 
-    def ode_wrapper(self, t: torch.Tensor | float, latent: torch.Tensor, conditions: Conditions,
-                    empty_conditions: Conditions, cfg_strength: float) -> torch.Tensor:
+    def ode_wrapper(self, t: torch.Tensor | float, latent: torch.Tensor, conditions: NetworkConditions,
+                    empty_conditions: NetworkConditions, cfg_strength: float) -> torch.Tensor:
         """Guided velocity for the ODE solver: cfg * cond + (1 - cfg) * uncond, or cond alone when cfg < 1.
 
         t is broadcast to the batch in float32 (not the latent dtype: bf16 would move t by up to 4e-3).

@@ -15,8 +15,10 @@ outputs of the tile are ``A^T [(G g) . (B^T d)]`` (Lavin and Gray, 2016), with t
   ``[4, tiles + 2, batch, hidden]`` (position 4i + p at [p, i + 1]) from which the next convolution's inputs are
   plain slices.
 
-The transformed filters ``G g`` depend only on the weights, so callers build them once (:class:`FilterCache`)
-and reuse them for a whole generation.
+The transformed filters ``G g`` depend only on the weights, so they are built once (:class:`FilterCache`) and
+reused for a whole generation. One switch turns the path on: :func:`fast_path_for`, which the sampler enters for
+float32 inference on a CPU; inside it, the network's per-step kernel-3 layers (marked ``per_step``) compute this
+way, and on leaving it they are the plain layers again and the filters are gone.
 """
 
 from __future__ import annotations
@@ -60,17 +62,88 @@ def held_filter_bytes() -> int:
 
 
 def expected_filter_bytes(module: nn.Module, device: torch.device | str, dtype: torch.dtype) -> int:
-    """Bytes the transformed filters of ``module``'s per-step convolutions (layers with ``reuse_filters``) will
+    """Bytes the transformed filters of ``module``'s per-step kernel-3 layers (marked ``per_step``) will
     hold while sampling on ``device`` in ``dtype``: 0 where the Winograd path does not apply. For memory
     managers, which do not see these caches."""
-    if not _enabled or torch.device(device).type != "cpu" or dtype != torch.float32:
+    if not _switch_applies(device, dtype):
         return 0
     weights = 0
-    for layer in module.modules():
-        if getattr(layer, "reuse_filters", False):
-            weights += sum(p.numel() * 4 for name, p in layer.named_parameters()
-                           if name.endswith("weight") and p.ndim == 3)
+    for layer, _ in _fast_layers(module):
+        weights += sum(p.numel() * 4 for name, p in layer.named_parameters() if name.endswith("weight") and p.ndim == 3)
     return min(FILTER_BUDGET_BYTES, _POINTS * weights // 3)
+
+
+def _switch_applies(device: torch.device | str, dtype: torch.dtype) -> bool:
+    return _enabled and torch.device(device).type == "cpu" and dtype == torch.float32
+
+
+def _is_kernel3(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.Conv1d) and tuple(layer.kernel_size) == (3,)
+
+
+def _fast_layers(module: nn.Module) -> list[tuple[nn.Module, Callable[..., Any]]]:
+    """The per-step kernel-3 layers of ``module``, each with the fast forward builder that fits it."""
+    found = []
+    for layer in module.modules():
+        if not getattr(layer, "per_step", False):
+            continue
+        if isinstance(layer, nn.Conv1d):
+            if _is_kernel3(layer):
+                found.append((layer, _fast_conv_forward))
+        elif all(_is_kernel3(getattr(layer, name, None)) for name in ("w1", "w2", "w3")):
+            found.append((layer, _fast_swiglu_forward))
+    return found
+
+
+@contextmanager
+def fast_path_for(module: nn.Module, device: torch.device | str, dtype: torch.dtype) -> Iterator[None]:
+    """Inside the block, ``module``'s per-step kernel-3 layers compute with F(4, 3) when they run float32
+    inference on a CPU (anything else takes their plain forward); afterwards they are plain layers again and
+    their transformed filters are released (also after an error or an interrupt)."""
+    if not _switch_applies(device, dtype):
+        yield
+        return
+    patched: list[tuple[nn.Module, FilterCache]] = []
+    try:
+        for layer, build in _fast_layers(module):
+            cache = FilterCache()
+            layer.forward = build(layer, cache)  # an instance attribute: the class forward is untouched
+            patched.append((layer, cache))
+        yield
+    finally:
+        for layer, cache in patched:
+            del layer.forward
+            cache.clear()
+
+
+def _fast_conv_forward(layer: nn.Module, cache: FilterCache) -> Callable[[torch.Tensor], torch.Tensor]:
+    plain = type(layer).forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if applies_to(x):
+            weights = stored_weights([layer], x)
+            bias = layer.bias
+            if weights is not None and (bias is None or (bias.dtype == x.dtype and bias.device == x.device)):
+                filters = cache.get(weights, filter_tiles)
+                if filters is not None:  # None: beyond the filter memory budget
+                    return conv3(x, filters, bias)
+        return plain(layer, x)
+
+    return forward
+
+
+def _fast_swiglu_forward(layer: nn.Module, cache: FilterCache) -> Callable[[torch.Tensor], torch.Tensor]:
+    plain = type(layer).forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if applies_to(x):
+            weights = stored_weights([layer.w1, layer.w2, layer.w3], x)
+            filters = None if weights is None else cache.get(weights, swiglu_filters)
+            if filters is not None:  # None: not the stored weights, or beyond the filter memory budget
+                return swiglu3(x, *filters)
+        return plain(layer, x)
+
+    return forward
 
 
 def applies_to(x: torch.Tensor) -> bool:

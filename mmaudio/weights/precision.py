@@ -11,6 +11,7 @@ that the numerics depend on (latent statistics) stay in float32.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 import torch
@@ -157,3 +158,48 @@ def cast_state_dict(
         else:
             out[key] = tensor.to(fallback)
     return out
+
+
+# ---- the precision policy: what a user's "precision" choice means for each model -----------------------------
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16", "fp8_e4m3fn")
+PRECISION_ROLES = ("network", "synchformer", "clip", "decoder")
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How one model keeps its weights and computes."""
+
+    weight_dtype: torch.dtype
+    compute_dtype: torch.dtype
+
+
+def preferred_half_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The half precision ``device`` computes well (bf16 where supported, else fp16 on CUDA; fp16 on MPS), or
+    None (the CPU: float32 is faster there). Hosts with their own judgement (ComfyUI) pass theirs instead."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if supports_bf16(device) else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return None
+
+
+def plan_precision(precision: str, role: str, half: torch.dtype | None) -> PrecisionPlan:
+    """What ``precision`` (one of :data:`PRECISIONS`) means for a model of ``role`` on a device whose good half
+    precision is ``half`` (None: none, compute in float32).
+
+    auto: the network and the feature models in ``half``, the decoder in float32 (its output is the audio itself);
+    fp32/fp16/bf16: that, for weights and compute; fp8_e4m3fn: layer weights in 8 bits, computed in ``half`` (or
+    float32), except CLIP, whose plain torch layers cannot cast 8-bit weights (it keeps auto's choice).
+    """
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if role not in PRECISION_ROLES:
+        raise ValueError(f"unknown model role {role!r}; expected one of {PRECISION_ROLES}")
+    automatic = torch.float32 if role == "decoder" or half is None else half
+    if precision == "auto" or (precision == "fp8_e4m3fn" and role == "clip"):
+        return PrecisionPlan(automatic, automatic)
+    if precision == "fp8_e4m3fn":
+        return PrecisionPlan(torch.float8_e4m3fn, half or torch.float32)
+    dtype = STORAGE_DTYPES[precision]
+    return PrecisionPlan(dtype, dtype)

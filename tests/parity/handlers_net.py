@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mmaudio.model import Conditions, MMAudioNetwork, NetworkConfig, SequenceLengths, config_from_state_dict
+from mmaudio.model import MMAudioNetwork, NetworkConditions, NetworkConfig, SequenceLengths, config_from_state_dict
 from mmaudio.modes import MODES
 from mmaudio.sampling import build_conditions, flow_time_grid, reference_noise, sample
 
@@ -164,7 +164,7 @@ def run_net_case(case: GoldenCase) -> None:
         env[match.group("lhs")] = result
 
         for out_name, out in call["outputs"].items():
-            actual = getattr(result, out_name) if isinstance(result, Conditions) else result
+            actual = getattr(result, out_name) if isinstance(result, NetworkConditions) else result
             _check(case, actual, io[out["key"]], float(out["tol_rel_l2"]), f"{call['name']} -> {out_name}")
 
         if recorder is not None:
