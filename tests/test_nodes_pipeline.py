@@ -2,7 +2,7 @@
 
 Loaders -> encode conditions -> sampler -> decode, as ComfyUI would call them: models handed to the memory
 manager and loaded right before compute, progress per step, interrupts, pairing checks, CPU outputs and the
-AUDIO format core nodes expect. Synchformer runs full size, so only a few tests use video frames.
+AUDIO format core nodes expect. Synchformer runs at its real width (one block), so only a few tests use video.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ def test_video_components_use_their_frame_rate(pack):
     assert source.frames is frames and source.fps == Fraction(30000, 1001) and source.times is None
 
 
-# ---- video (full-size Synchformer: a few seconds each) -------------------------------------------------------------
+# ---- video (Synchformer at its real width: a second or two each) -------------------------------------------------
 def test_frames_with_fps_give_synced_conditions(nodes, loaded):
     network, features, decoder = loaded
     frames = torch.rand(20, 48, 64, 3)  # 0.8 s at 25 fps: one Synchformer segment
@@ -290,7 +290,7 @@ def test_frames_with_fps_give_synced_conditions(nodes, loaded):
     assert (timing["source"], timing["num_frames"], timing["fps"], timing["segments"]) == ("video", 20, 25.0, 1)
     assert conditions.source == "video" and 0.64 <= duration <= 0.8  # the clip's length at 8 and 25 fps
     assert conditions.clip_features.shape == (1, int(8 * duration), 32)
-    assert conditions.sync_features.shape == (1, 8, 768)
+    assert conditions.sync_features.shape == (1, 8, 64)
     assert conditions.clip_features.device.type == "cpu" and conditions.sync_features.device.type == "cpu"
     assert len(progress) >= 4 and progress == sorted(progress)
     latents = sample(nodes, network, conditions, steps=2)
@@ -324,7 +324,7 @@ def test_video_file_is_read_with_its_timestamps(tmp_path, nodes, loaded):
     conditions, duration = encode(nodes, features, video=FileVideo(), duration=0.0, mask_away_clip=True)
     assert 0.64 <= duration <= 0.68
     assert conditions.clip_features is None, "mask_away_clip drops the CLIP frames"
-    assert conditions.sync_features.shape == (1, 8, 768)
+    assert conditions.sync_features.shape == (1, 8, 64)
 
 
 def test_trimmed_video_file_gives_the_conditions_of_its_trimmed_frames(tmp_path, nodes, loaded):

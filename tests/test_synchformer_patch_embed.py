@@ -78,8 +78,7 @@ def test_non_contiguous_input() -> None:
 
 # ---- the layer ---------------------------------------------------------------------------------------------
 def _embed(ops: object, storage: torch.dtype) -> TubeletEmbed:
-    cfg = MotionFormerConfig()
-    cfg.dim = 24  # narrow, to keep the test small; the tubelet and input channels are the model's
+    cfg = MotionFormerConfig(dim=24)  # narrow, to keep the test small; the tubelet and input channels are the model's
     torch.manual_seed(0)
     embed = TubeletEmbed(cfg, ops)
     with torch.no_grad():

@@ -192,6 +192,8 @@ def encode_conditions(features: FeatureModels, source: VisualSource | None, prom
 
 
 def _window_plan(seconds: float, prompts: PromptPlan, mode: str | None, settings: WindowSettings) -> WindowPlan:
+    """The windows of a soundtrack of ``seconds``; its timed prompts are checked against it before any work."""
+    prompts.check_fits(seconds)
     # A prompt that changes over time needs windows to follow it, even on a clip the model takes in one pass.
     return plan_windows(seconds, mode or DEFAULT_WINDOW_MODE, settings, force=prompts.is_timed)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,18 +35,24 @@ def _cast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return cast_like_input(t, like)
 
 
+@dataclass(frozen=True)
 class MotionFormerConfig:
-    """Hyperparameters of the published visual encoder (divided_224_16x4, temporal patch 2)."""
+    """Hyperparameters of the published visual encoder (divided_224_16x4, temporal patch 2). ``depth`` and ``dim``
+    are read off a checkpoint (12 blocks of width 768 in the published file; smaller in test files); heads are
+    64 channels wide."""
 
-    dim = 768
-    heads = 12
-    depth = 12
+    depth: int = 12
+    dim: int = 768
     mlp_ratio = 4
     patch = 16
     tubelet = 2
     image_size = 224
     frames = SEGMENT
     eps = 1e-6
+
+    @property
+    def heads(self) -> int:
+        return max(1, self.dim // 64)
 
     @property
     def grid(self) -> int:
@@ -243,10 +250,10 @@ class _InProjAttention(nn.Module):
 class SynchformerVisual(nn.Module):
     """MotionFormer visual encoder: segments (N, 16, 3, 224, 224) in [-1, 1] -> (N, 8, 768)."""
 
-    def __init__(self, ops: Any = None) -> None:
+    def __init__(self, ops: Any = None, depth: int = 12, dim: int = 768) -> None:
         super().__init__()
         ops = resolve_ops(ops)
-        cfg = self.cfg = MotionFormerConfig()
+        cfg = self.cfg = MotionFormerConfig(depth=depth, dim=dim)
         d = cfg.dim
         self.patch_embed = UnusedPatchEmbed(cfg, ops)
         self.patch_embed_3d = TubeletEmbed(cfg, ops)
@@ -377,8 +384,11 @@ def load_synchformer(
     ``dtype`` casts the stored weights (None keeps the file's dtype; layers cast to the activation dtype on use).
     """
     weights = synchformer_weights(sd)
+    depth = len({key.split(".")[1] for key in weights if key.startswith("blocks.")}) or 12
+    embed = weights.get("patch_embed_3d.proj.weight")
+    dim = int(embed.shape[0]) if embed is not None and embed.ndim == 5 else 768
     with torch.device("meta"):
-        model = SynchformerVisual(ops=ops)
+        model = SynchformerVisual(ops=ops, depth=depth, dim=dim)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))

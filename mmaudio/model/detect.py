@@ -14,6 +14,7 @@ import torch
 
 from ..errors import WrongCheckpointError
 from ..modes import mode_of_latent_dim
+from ..weights.identify import describe_checkpoint, network_hyperparameters
 from .config import CHECKPOINT_FILES, TRAINING_DURATION_S, VARIANTS, NetworkConfig
 from .network import RECOMPUTED_KEYS, MMAudioNetwork
 from .sequence_config import SequenceLengths
@@ -53,35 +54,8 @@ def find_key_prefix(keys: Sequence[str] | Mapping[str, Any]) -> str | None:
     return None
 
 
-def _fallback_description(shapes: Mapping[str, tuple[int, ...]]) -> str:
-    keys = list(shapes)
-    if any(k.startswith(("decoder.", "encoder.")) for k in keys) and "data_mean" in shapes:
-        mels = shapes["data_mean"][1] if len(shapes["data_mean"]) > 1 else None
-        which = {80: " (16 kHz, v1-16.pth)", 128: " (44.1 kHz, v1-44.pth)"}.get(mels, "")
-        return f"an MMAudio VAE checkpoint{which}"
-    if any(k.startswith(("vfeat_extractor.", "afeat_extractor.")) for k in keys):
-        return "a Synchformer checkpoint (synchformer_state_dict.pth)"
-    if any(k.startswith("conv_pre.") for k in keys) and any(k.startswith("ups.") for k in keys):
-        return "a BigVGAN vocoder checkpoint"
-    if "token_embedding.weight" in shapes or any(k.startswith("visual.") for k in keys):
-        return "a CLIP checkpoint"
-    sample = ", ".join(keys[:3])
-    return f"an unrecognised file with {len(keys)} tensors (e.g. {sample})" if keys else "an empty state_dict"
-
-
-def _describe(shapes: Mapping[str, tuple[int, ...]]) -> str:
-    try:
-        from ..weights.identify import describe_checkpoint
-    except ImportError:
-        return _fallback_description(shapes)
-    try:
-        return describe_checkpoint(shapes)
-    except Exception:  # a description must never hide the real error
-        return _fallback_description(shapes)
-
-
 def _not_a_network(shapes: Mapping[str, tuple[int, ...]]) -> WrongCheckpointError:
-    description = _describe(shapes).strip().rstrip(".")
+    description = describe_checkpoint(shapes).strip().rstrip(".")
     return WrongCheckpointError(
         f"not an MMAudio flow network: this looks like {description}. The network loader expects "
         f"{expected_files_text()} (or a safetensors conversion of one of them)."
@@ -130,14 +104,17 @@ def config_from_state_dict(shapes: Mapping[str, Any]) -> NetworkConfig:
             f"{expected_files_text()}"
         )
 
-    hidden, latent_dim, _ = shapes[_ANCHOR]
-    v2 = "clip_input_proj.2.w1.weight" in shapes
+    # The architecture is read by the one rule that identifies files (weights.identify); here it is only checked
+    # for what building needs: blocks numbered without gaps, a head size that divides the width, and below,
+    # exactly the shapes such a network has.
+    hp = network_hyperparameters(shapes)
+    hidden, latent_dim, v2 = hp["hidden_dim"], hp["latent_dim"], hp["v2"]
     joints = _count_blocks(shapes, "joint_blocks")
     fused = _count_blocks(shapes, "fused_blocks")
     norm_key = ("joint_blocks.0.latent_block.attn.q_norm.weight" if joints else "fused_blocks.0.attn.q_norm.weight")
     if norm_key not in shapes:
         raise WrongCheckpointError(f"this looks like an incomplete MMAudio flow network: missing {norm_key}")
-    head_dim = shapes[norm_key][0]
+    head_dim = hp["head_dim"]
     if head_dim <= 0 or hidden % head_dim:
         raise WrongCheckpointError(f"inconsistent MMAudio flow network: head size {head_dim} does not divide the "
                                    f"hidden size {hidden}")
@@ -145,13 +122,13 @@ def config_from_state_dict(shapes: Mapping[str, Any]) -> NetworkConfig:
     lengths = SequenceLengths.for_duration(TRAINING_DURATION_S, mode or "44k")
     config = NetworkConfig(
         latent_dim=latent_dim,
-        clip_dim=shapes["clip_input_proj.0.weight"][1],
-        sync_dim=shapes["sync_input_proj.0.weight"][1],
-        text_dim=shapes["text_input_proj.0.weight"][1],
+        clip_dim=hp["clip_dim"],
+        sync_dim=hp["sync_dim"],
+        text_dim=hp["text_dim"],
         hidden_dim=hidden,
-        depth=joints + fused,
-        fused_depth=fused,
-        num_heads=hidden // head_dim,
+        depth=hp["depth"],
+        fused_depth=hp["fused_depth"],
+        num_heads=hp["num_heads"],
         v2=v2,
         mode=mode,
         latent_seq_len=lengths.latent_seq_len,

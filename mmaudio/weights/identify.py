@@ -171,33 +171,6 @@ def network_hyperparameters(view: Shapes) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class _ModelVerdict:
-    variant: str | None
-    mode: str | None
-    error: str | None
-
-
-def _network_from_model_package(view: Shapes) -> _ModelVerdict | None:
-    """What the model package's own detector (the code that builds networks) says, if it is available.
-
-    ``None`` when the package cannot be imported; otherwise its variant and mode, or its reason for rejecting
-    the shapes (then the file is recognised but cannot be built, and the user learns why before loading).
-    """
-    try:
-        from ..model import config_from_state_dict
-    except Exception as error:  # absent or broken model package: identification stands on its own rule
-        log.debug("model package unavailable for network detection: %s", error)
-        return None
-    try:
-        config = config_from_state_dict(view)
-    except ValueError as error:  # WrongCheckpointError and other validation errors
-        return _ModelVerdict(None, None, str(error))
-    except Exception as error:  # whatever stops the builder's detector also stops the build
-        return _ModelVerdict(None, None, f"{type(error).__name__}: {error}")
-    return _ModelVerdict(getattr(config, "name", None), getattr(config, "mode", None), None)
-
-
 def _network(view: Shapes, prefix: str, shapes: Shapes) -> CheckpointIdentity | None:
     audio_in = _shape(view, "audio_input_proj.0.weight")
     if audio_in is None or len(audio_in) != 3 or "t_embed.mlp.0.weight" not in view:
@@ -211,11 +184,6 @@ def _network(view: Shapes, prefix: str, shapes: Shapes) -> CheckpointIdentity | 
     )
     mode = mode_of_latent_dim(hp["latent_dim"])
     problems = [f"missing tensor '{key}'" for key in _NETWORK_REQUIRED if key not in view]
-    verdict = _network_from_model_package(view)
-    if verdict is not None and verdict.error is None:
-        variant, mode = verdict.variant or variant, verdict.mode
-    elif verdict is not None and not problems:
-        problems.append(f"the network builder rejects it: {verdict.error}")
 
     notes: list[str] = []
     if hp["clip_dim"] != 1024 or hp["text_dim"] != 1024 or hp["sync_dim"] != 768:

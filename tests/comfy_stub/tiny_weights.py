@@ -1,7 +1,7 @@
 """Small random-weight model files for the node tests and the end-to-end ComfyUI test.
 
 The network, VAE, vocoder and CLIP are shrunk (the library reads their architecture off the tensor shapes).
-Synchformer has one fixed architecture, so it is written full size (random, fp16, ~245 MB).
+Synchformer too: one block of width 64 (the tiny network's sync features are that wide).
 """
 
 from __future__ import annotations
@@ -56,13 +56,16 @@ def _meta_state(module_factory: Any) -> dict[str, torch.Tensor]:
     return module.state_dict()
 
 
+SYNC_DIM = 64  # the small Synchformer's width, which the network's sync features must match
+
+
 def write_network(path: Path, *, clip_dim: int, text_dim: int, seed: int = 1) -> None:
     """A 16 kHz custom network: width 64, one joint and one fused block."""
     from mmaudio.model import MMAudioNetwork, NetworkConfig, SequenceLengths
 
     lengths = SequenceLengths.for_duration(8.0, "16k")
     config = NetworkConfig(latent_dim=20, hidden_dim=64, depth=2, fused_depth=1, num_heads=1, clip_dim=clip_dim,
-                           text_dim=text_dim, sync_dim=768, mode="16k", latent_seq_len=lengths.latent_seq_len,
+                           text_dim=text_dim, sync_dim=SYNC_DIM, mode="16k", latent_seq_len=lengths.latent_seq_len,
                            clip_seq_len=lengths.clip_seq_len, sync_seq_len=lengths.sync_seq_len)
     torch.manual_seed(seed)
     network = MMAudioNetwork(config)
@@ -89,12 +92,13 @@ def write_vocoder(path: Path, seed: int = 3) -> None:
     save_file({k: v.detach().clone().contiguous() for k, v in vocoder.state_dict().items()}, str(path))
 
 
-def write_synchformer(path: Path, seed: int = 4) -> None:
-    """The full-size visual encoder with random fp16 weights, in the published ``vfeat_extractor.`` layout."""
+def write_synchformer(path: Path, seed: int = 4, depth: int = 1, dim: int = SYNC_DIM) -> None:
+    """The visual encoder with ``depth`` blocks of width ``dim`` (the loader reads both off the file), random fp16
+    weights, in the published ``vfeat_extractor.`` layout."""
     from mmaudio.features.synchformer import SynchformerVisual
 
     generator = torch.Generator().manual_seed(seed)
-    state = _random_like(_meta_state(SynchformerVisual), generator, torch.float16)
+    state = _random_like(_meta_state(lambda: SynchformerVisual(depth=depth, dim=dim)), generator, torch.float16)
     save_file({f"vfeat_extractor.{k}": v for k, v in state.items()}, str(path))
 
 
