@@ -70,7 +70,7 @@ def test_node_and_command_line_give_identical_audio(graph, models: Path, tmp_pat
 
     written: dict[str, torch.Tensor] = {}
 
-    def capture(path, waveform, sample_rate, format=None):  # noqa: A002 - write_audio's own argument name
+    def capture(path, waveform, sample_rate, format=None):
         written[Path(path).name] = torch.as_tensor(waveform).clone()
         Path(path).write_bytes(b"")
         return Path(path)
