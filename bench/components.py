@@ -7,12 +7,15 @@ twice. The ``tiny`` variant shrinks every width (not the structure) so a CI run 
 
 Random weights give the real cost of every matmul; the generated audio is meaningless, but agreement between
 implementations and precisions on the same weights is still a fair test.
+
+Filling a large variant with random values takes tens of seconds on a CPU. A process that builds the same models
+many times (``bench/gpu_check.py``: several rows per variant, one CLIP for all variants) can keep the random
+float32 weights after the first build with :func:`keep_random_weights`; later builds copy them.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +83,34 @@ def variant_spec(name: str) -> VariantSpec:
                        clip_mod.clip_config())
 
 
+# ---- random weights, optionally kept for later builds -------------------------------------------------------
+_kept: dict[tuple[Any, ...], dict[str, torch.Tensor]] | None = None
+
+
+def keep_random_weights(enabled: bool = True) -> None:
+    """Keep (or stop keeping, and drop) the random float32 CPU weights of every model built from now on, so the
+    next build of the same model with the same seed copies them instead of drawing them again."""
+    global _kept
+    _kept = {} if enabled else None
+
+
+def _random_module(module: nn.Module, key: tuple[Any, ...], seed: int) -> nn.Module:
+    """A meta-device module with real CPU storage and random parameters: drawn, or copied from the kept ones
+    (never shared with them, so later in-place changes of the module cannot reach the kept copy)."""
+    if _kept is None:
+        return _materialize(module, seed)
+    state = _kept.get(key)
+    if state is None:
+        module = _materialize(module, seed)
+        _kept[key] = {name: p.detach().clone() for name, p in module.named_parameters()}
+        return module
+    module = module.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            param.copy_(state[name])
+    return module
+
+
 # ---- random weights ----------------------------------------------------------------------------------------
 @torch.no_grad()
 def randomize_(module: nn.Module, seed: int) -> nn.Module:
@@ -112,13 +143,19 @@ def network_state_dict(spec: VariantSpec, seed: int) -> dict[str, torch.Tensor]:
 
     ``latent_std`` is kept positive (it divides in the reference's ``normalize``).
     """
+    key = ("network", spec.name, seed)
+    if _kept is not None and key in _kept:
+        return _kept[key]
     model = library_module("model")
     with torch.device("meta"):
         net = model.MMAudioNetwork(spec.network)
     _materialize(net, seed)
     with torch.no_grad():
         net.latent_std.abs_().add_(0.5)
-    return {k: v.detach() for k, v in net.state_dict().items()}
+    state = {k: v.detach() for k, v in net.state_dict().items()}
+    if _kept is not None:  # shared with the callers, who only read it (builds copy or cast it)
+        _kept[key] = state
+    return state
 
 
 def build_network(state_dict: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device) -> Any:
@@ -147,11 +184,11 @@ def build_decoder(spec: VariantSpec, seed: int, device: torch.device, dtype: tor
     with torch.device("meta"):
         vae = vae_mod.VAE(spec.vae, with_encoder=False)
         vocoder = voc_mod.BigVGAN(spec.vocoder)
-    _materialize(vae, seed + 1)
+    vae = _random_module(vae, ("vae", spec.mode, repr(spec.vae), seed), seed + 1)
     vae.data_mean = torch.zeros(1, spec.vae.data_dim, 1)
     vae.data_std = torch.ones(1, spec.vae.data_dim, 1)
     vae.fold_weights(dtype)
-    _materialize(vocoder, seed + 2)
+    vocoder = _random_module(vocoder, ("vocoder", spec.mode, repr(spec.vocoder), seed), seed + 2)
     vocoder.reset_filters()
     if dtype != torch.float32:
         vocoder.to(dtype)
@@ -160,17 +197,20 @@ def build_decoder(spec: VariantSpec, seed: int, device: torch.device, dtype: tor
     return decoder.to(device)
 
 
-@contextlib.contextmanager
-def _motionformer_widths(overrides: dict[str, int]) -> Iterator[None]:
-    """Build SynchformerVisual with other widths: its constructor reads the module-level config class."""
-    if not overrides:
-        yield
-        return
+def _synchformer(overrides: dict[str, int]) -> nn.Module:
+    """SynchformerVisual on the meta device with other widths (``depth``, ``dim``; heads follow the width where
+    the library derives them): through its constructor where it takes them, else through the module-level
+    config class its constructor reads."""
     sync_mod = library_module("features.synchformer")
+    accepted = inspect.signature(sync_mod.SynchformerVisual).parameters
+    if not overrides or "dim" in accepted:
+        with torch.device("meta"):
+            return sync_mod.SynchformerVisual(**{k: v for k, v in overrides.items() if k in accepted})
     original = sync_mod.MotionFormerConfig
     sync_mod.MotionFormerConfig = type("TinyMotionFormerConfig", (original,), dict(overrides))
     try:
-        yield
+        with torch.device("meta"):
+            return sync_mod.SynchformerVisual()
     finally:
         sync_mod.MotionFormerConfig = original
 
@@ -181,13 +221,12 @@ def build_features(spec: VariantSpec, seed: int, device: torch.device, dtype: to
     import open_clip
 
     clip_mod = library_module("features.clip")
-    sync_mod = library_module("features.synchformer")
     extractor_mod = library_module("features.extractor")
     clip = None
     if with_clip:
         with torch.device("meta"):
             model = open_clip.model.CLIP(**spec.clip_cfg)
-        _materialize(model, seed + 3)
+        model = _random_module(model, ("clip", repr(spec.clip_cfg), seed), seed + 3)
         model = model.to(device=device, dtype=dtype)
         with torch.device(device):
             clip = clip_mod.ClipEncoder(model)
@@ -195,9 +234,8 @@ def build_features(spec: VariantSpec, seed: int, device: torch.device, dtype: to
         clip.eval().requires_grad_(False)
     sync = None
     if with_sync:
-        with _motionformer_widths(spec.synchformer), torch.device("meta"):
-            sync = sync_mod.SynchformerVisual()
-        _materialize(sync, seed + 4)
+        key = ("synchformer", repr(sorted(spec.synchformer.items())), seed)
+        sync = _random_module(_synchformer(spec.synchformer), key, seed + 4)
         sync = sync.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return extractor_mod.FeatureExtractor(clip, sync)
 

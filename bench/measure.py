@@ -98,6 +98,13 @@ class CudaMemory:
         return "torch.cuda.max_memory_allocated (tensors only; the allocator's cache and the CUDA context excluded)"
 
 
+def process_peak_rss() -> int:
+    """This process's peak resident set (``VmHWM``) as it stands: its lifetime peak unless a :class:`HostMemory`
+    has reset it (CPU runs reset it per stage)."""
+    kib = _status_kib("VmHWM")
+    return kib * 1024 if kib is not None else _rusage_peak_bytes()
+
+
 def memory_probe(device: torch.device) -> HostMemory | CudaMemory:
     return CudaMemory(device) if device.type == "cuda" else HostMemory()
 
@@ -145,54 +152,89 @@ class StageRecord:
     memory_peak: int = 0
     cpu_start: float = 0.0  # process CPU time (all threads), for CPU runs on a shared machine
     cpu_end: float = 0.0
+    index: int = 0  # order of beginning within the run
 
 
 class RunRecorder:
-    """Marks the stages of one run; read :meth:`results` once the run is over (one device sync in all)."""
+    """Marks the stages of one run; read :meth:`results` once the run is over (one device sync in all).
+
+    Stages may nest (``end_to_end`` around the engine's stages, ``conditions`` inside the reference's
+    ``sampling``): a stage's peak covers its inner stages, although each stage resets the probe's peak when it
+    begins (the peak so far is handed to the stages still open first). A name recorded more than once in a run
+    (a stage the engine enters twice) is reported once, with its times added up and its largest peak.
+    """
 
     def __init__(self, device: torch.device, memory: HostMemory | CudaMemory | None = None) -> None:
         self.clock = Clock(device)
         self.memory = memory or memory_probe(device)
         self.stages: list[StageRecord] = []
-        self._open: StageRecord | None = None
+        self._open: list[StageRecord] = []
+        self._begun = itertools.count()
+
+    def _fold_peak(self) -> None:
+        """Hand the probe's peak since its last reset to every stage still open (all began before that reset)."""
+        peak = self.memory.peak()
+        for record in self._open:
+            record.memory_peak = max(record.memory_peak, peak)
+
+    def begin(self, name: str) -> StageRecord:
+        """Open a stage (see :meth:`stage`); close it with :meth:`end`."""
+        self._fold_peak()
+        self.memory.reset_peak()
+        record = StageRecord(name, index=next(self._begun))
+        record.memory_before = record.memory_peak = self.memory.current()
+        self._open.append(record)
+        record.cpu_start = time.process_time()
+        record.start = self.clock.mark()
+        return record
+
+    def end(self, record: StageRecord) -> None:
+        record.end = self.clock.mark()
+        record.cpu_end = time.process_time()
+        self._fold_peak()
+        self._open.remove(record)
+        self.stages.append(record)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[StageRecord]:
-        record = StageRecord(name)
-        self.memory.reset_peak()
-        record.memory_before = self.memory.current()
-        self._open = record
-        record.cpu_start = time.process_time()
-        record.start = self.clock.mark()
+        record = self.begin(name)
         try:
             yield record
         finally:
-            record.end = self.clock.mark()
-            record.cpu_end = time.process_time()
-            record.memory_peak = max(self.memory.peak(), record.memory_before)
-            self._open = None
-            self.stages.append(record)
+            self.end(record)
+
+    def is_open(self, record: StageRecord | None) -> bool:
+        return record is not None and any(r is record for r in self._open)
 
     def step(self) -> None:
-        """Mark the end of one step of the open stage (a sampler callback)."""
-        if self._open is not None:
-            self._open.steps.append(self.clock.mark())
+        """Mark the end of one step of the innermost open stage (a sampler callback)."""
+        if self._open:
+            self._open[-1].steps.append(self.clock.mark())
 
     def results(self) -> dict[str, dict[str, Any]]:
         """Per stage: seconds, step seconds (if any), process CPU seconds, peak bytes and the peak's excess over
-        the stage's starting level."""
+        the stage's starting level, in the order the stages began."""
         self.clock.synchronize()
         out: dict[str, dict[str, Any]] = {}
-        for rec in self.stages:
+        for rec in sorted(self.stages, key=lambda r: r.index):
             marks = [rec.start, *rec.steps]
-            steps = [self.clock.seconds(a, b) for a, b in itertools.pairwise(marks)]
-            out[rec.name] = {
+            entry = {
                 "seconds": self.clock.seconds(rec.start, rec.end),
-                "step_seconds": steps,
+                "step_seconds": [self.clock.seconds(a, b) for a, b in itertools.pairwise(marks)],
                 "cpu_seconds": rec.cpu_end - rec.cpu_start,
                 "peak_bytes": rec.memory_peak,
                 "peak_delta_bytes": rec.memory_peak - rec.memory_before,
+                "count": 1,
             }
+            if rec.name in out:
+                seen = out[rec.name]
+                entry = {"seconds": seen["seconds"] + entry["seconds"],
+                         "step_seconds": seen["step_seconds"] + entry["step_seconds"],
+                         "cpu_seconds": seen["cpu_seconds"] + entry["cpu_seconds"],
+                         "peak_bytes": max(seen["peak_bytes"], entry["peak_bytes"]),
+                         "peak_delta_bytes": max(seen["peak_delta_bytes"], entry["peak_delta_bytes"]),
+                         "count": seen["count"] + 1}
+            out[rec.name] = entry
         return out
 
 

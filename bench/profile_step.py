@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     for part, value in sorted(macs.items(), key=lambda kv: -kv[1]):
         print(f"  {part:34s} {value / 1e9:7.2f} GMAC ({100 * value / total:4.1f}%)")
     handles = [] if args.no_modules else _label_modules(net)
-    with torch.inference_mode():
+    winograd = library_module("model.winograd")
+    # Our forwards with the fast path the engine's sampling stage enters (Winograd F(4, 3) on a CPU in float32).
+    with torch.inference_mode(), winograd.fast_path_for(net, device, torch.float32):
         cond, empty = sampling.build_conditions(net, clip_f=clip_f, sync_f=sync_f, text_f=text_f)
         batched = sampling.guided_velocity(net, cond, empty, 4.5, batched=True)
         two_pass = sampling.guided_velocity(net, cond, empty, 4.5, batched=False)

@@ -3,7 +3,8 @@
 The reference evaluates classifier-free guidance as two forward passes per step (``MMAudio.ode_wrapper``) and
 integrates with ``FlowMatching(min_sigma=0, inference_mode='euler')``. It gets the same float32 weights as our
 network (the state_dict keys are the same, and ``load_weights`` loads strictly), the same features and the
-same initial noise; its result is compared with ours before un-normalisation.
+same initial noise (the engine's); its result is un-normalised with the same latent statistics and compared
+with the engine's latents.
 """
 
 from __future__ import annotations
@@ -39,23 +40,26 @@ def build_reference_network(ref: ReferenceModules, spec: VariantSpec, state_dict
 def reference_sample(ref: ReferenceModules, net: torch.nn.Module, x0: torch.Tensor, clip_f: torch.Tensor,
                      sync_f: torch.Tensor, text_f: torch.Tensor, *, steps: int, cfg: float, dtype: torch.dtype,
                      recorder: RunRecorder) -> torch.Tensor:
-    """Normalised latents from the reference sampler; stages ``conditions`` and ``sampling`` are recorded."""
+    """Normalised latents from the reference sampler. The stage ``sampling`` is recorded with the conditions
+    projection inside it (also recorded alone as ``conditions``), as the engine's sampling stage includes it.
+    Features of batch 1 serve every sample of ``x0``."""
     device = x0.device
-    clip_f, sync_f, text_f = (f.to(device=device, dtype=dtype) for f in (clip_f, sync_f, text_f))
-    with recorder.stage("conditions"):
-        conditions = net.preprocess_conditions(clip_f, sync_f, text_f)
-        empty = net.get_empty_conditions(x0.shape[0])
+    batch = x0.shape[0]
+    clip_f, sync_f, text_f = (f.to(device=device, dtype=dtype).expand(batch, -1, -1) for f in (clip_f, sync_f, text_f))
     sampler = ref.flow_matching.FlowMatching(min_sigma=0, inference_mode="euler", num_steps=steps)
     calls = 0
-
-    def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        nonlocal calls
-        if calls:
-            recorder.step()  # the previous step (its forward passes and its Euler update) is over
-        calls += 1
-        return net.ode_wrapper(t, x, conditions, empty, cfg)
-
     with recorder.stage("sampling"):
+        with recorder.stage("conditions"):
+            conditions = net.preprocess_conditions(clip_f, sync_f, text_f)
+            empty = net.get_empty_conditions(batch)
+
+        def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            nonlocal calls
+            if calls:
+                recorder.step()  # the previous step (its forward passes and its Euler update) is over
+            calls += 1
+            return net.ode_wrapper(t, x, conditions, empty, cfg)
+
         x1 = sampler.to_data(velocity, x0.to(dtype))
         recorder.step()
     return x1

@@ -75,7 +75,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """Tables: stage times (median over repeats), memory, comparison with the reference, quality guard."""
+    """Tables: the engine's stage times (median over repeats), memory, comparison with the reference, quality
+    guard, and the verdict on each target."""
     results = report["results"]
     s = report["settings"]
     parts = [f"MMAudio benchmark: {s['duration']:g} s clip, {s['steps']} steps, cfg {s['cfg']:g}, batch {s['batch']}, "
@@ -83,15 +84,21 @@ def format_report(report: dict[str, Any]) -> str:
              f"({report['environment'].get('gpu') or report['environment']['cpu']}), "
              f"{report['environment']['torch_threads']} threads, torch {report['environment']['torch']}"]
     rows = []
+    staged = any("moves" in r["stages"] for r in results)
     for r in results:
         st = r["stages"]
         fastest = (st.get("sampling") or {}).get("step_seconds", {}).get("min")
-        rows.append([f"{r['variant']} {r['dtype']}", _secs(st.get("features")), _secs(st.get("conditions")),
+        windows = (r.get("windows") or {}).get("count", 1)
+        track = f"{r.get('soundtrack_seconds', s['duration']):g} s" + (f", {windows} windows" if windows > 1 else "")
+        rows.append([f"{r['variant']} {r['dtype']}", track, r.get("features", "-"), _secs(st.get("features")),
                      _secs(st.get("sampling"), "step_seconds"),
                      "-" if fastest is None else f"{fastest * 1000:.1f} ms", _secs(st.get("sampling")),
-                     _secs(st.get("vae")), _secs(st.get("vocoder")), _secs(st.get("end_to_end"))])
-    parts.append(_table(["variant", "features", "conditions", "step", "fastest step", "sampling", "VAE", "vocoder",
-                         "end to end"], rows))
+                     _secs(st.get("decoding")), *([_secs(st.get("moves"))] if staged else []),
+                     _secs(st.get("end_to_end"))])
+    parts.append("Stages of the engine's generation (sampling includes the conditions projection; decoding is VAE "
+                 "and vocoder" + ("; moves: --staged transfers to and from the device" if staged else "") + ")")
+    parts.append(_table(["variant", "soundtrack", "features", "encoding", "step", "fastest step", "sampling",
+                         "decoding", *(["moves"] if staged else []), "end to end"], rows))
     rows = []
     for r in results:
         st = r["stages"]
@@ -101,13 +108,16 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{r['network_weight_bytes'] / MIB:,.0f}"])
     unit = "MiB, " + ("CUDA allocated" if results and results[0]["device"].startswith("cuda") else "process RSS")
     parts.append(f"Peak memory ({unit}; +stage = above the stage's starting level in the first, cold run)")
-    parts.append(_table(["variant", "+features", "+sampling", "+decoding", "peak end to end", "network weights"],
+    parts.append(_table(["variant", "+encoding", "+sampling", "+decoding", "peak end to end", "network weights"],
                         rows))
 
     rows, notes = [], []
     for r in results:
         ref = r.get("reference") or {}
         ratios = r.get("ratios") or {}
+        for key in ("features_note", "single_pass_note"):
+            if r.get(key):
+                notes.append(f"{r['variant']} {r['dtype']}: {r[key]}")
         if "skipped" in ref:
             notes.append(f"{r['variant']} {r['dtype']}: {ref['skipped']}")
         if not ratios:
@@ -123,8 +133,9 @@ def format_report(report: dict[str, Any]) -> str:
                      fmt(ratios.get("sampling_over_reference")), fmt(ratios.get("fastest_step_over_reference")),
                      fmt(ratios.get("batched_over_two_pass")), fmt(agreement.get("rel_l2"), ".2e")])
     if rows:
-        parts.append("Sampling: ours (batched guidance) / ours (two passes) / reference (two passes); medians, and "
-                     "the ratio of the fastest steps (robust to other load)")
+        parts.append("Sampling, each including the conditions projection: the engine (batched guidance) / ours "
+                     "(two passes) / reference (two passes); medians, and the ratio of the fastest steps (robust to "
+                     "other load)")
         parts.append(_table(["variant", "ours", "ours 2-pass", "reference", "ours/ref", "fastest step ours/ref",
                              "batched/2-pass", "rel-L2 vs ref"], rows))
     parts += notes

@@ -1,4 +1,4 @@
-"""The benchmark script runs end to end on the tiny variant and writes a complete JSON report.
+"""The benchmark script drives the engine end to end on the tiny variant and writes a complete JSON report.
 
 It runs as users run it (``python bench/benchmark.py`` in a subprocess, so the library is loaded under the
 benchmark's private name, apart from this test session's ``mmaudio``). Timings are only checked for being
@@ -20,8 +20,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 TINY_ARGS = ["--variants", "tiny", "--device", "cpu", "--threads", "1", "--duration", "1", "--steps", "2",
              "--repeats", "2", "--video-size", "48x64", "--quality-dtypes", "bf16,fp16", "--quiet"]
-FEATURE_STAGES = ("frames", "clip", "sync", "text")
-STAGES = (*FEATURE_STAGES, "features", "conditions", "sampling", "vae", "vocoder", "decoding", "end_to_end")
+FEATURE_STAGES = ("frames", "clip", "sync", "text")  # the engine's encode stages for one pass
+ENGINE_STAGES = (*FEATURE_STAGES, "sampling", "decoding")
+STAGES = (*ENGINE_STAGES, "features", "end_to_end")
 
 
 def _run(tmp_path: Path, *extra: str) -> tuple[dict, str]:
@@ -65,12 +66,19 @@ def test_every_stage_is_timed_with_finite_positive_figures(report: tuple[dict, s
         assert stages[name]["peak_bytes"] > 0 and stages[name]["peak_delta_bytes"] >= 0
     steps = stages["sampling"]["step_seconds"]
     _positive(steps["median"], "seconds per step")
-    # The stages are marks on one clock: the parts add up to the whole.
+    assert steps["count"] == 2 * 2  # every Euler step of both repeats, marked by the engine's progress reports
+    # The stages are marks on one clock inside end_to_end: the engine's stages add up to at most the whole (the
+    # rest is the engine's own work between stages), and the encode stages to the features figure.
     for i in range(2):
-        parts = sum(stages[n]["seconds"]["runs"][i] for n in (*FEATURE_STAGES, "conditions", "sampling", "vae",
-                                                               "vocoder"))
-        assert stages["end_to_end"]["seconds"]["runs"][i] == pytest.approx(parts, rel=1e-9)
-    assert stages["decoding"]["stages"] == ["vae", "vocoder"]
+        parts = sum(stages[n]["seconds"]["runs"][i] for n in ENGINE_STAGES)
+        assert parts <= stages["end_to_end"]["seconds"]["runs"][i]
+        encode = sum(stages[n]["seconds"]["runs"][i] for n in FEATURE_STAGES)
+        assert stages["features"]["seconds"]["runs"][i] == pytest.approx(encode, rel=1e-9)
+    assert stages["features"]["stages"] == list(FEATURE_STAGES)
+    assert stages["end_to_end"]["peak_bytes"] >= max(stages[n]["peak_bytes"] for n in ENGINE_STAGES)
+    # The engine told the runtime how much activation memory each stage needs.
+    assert set(result["engine_memory_estimates"]) == {"clip", "sync", "text", "sampling", "decoding"}
+    assert result["features"] == "all" and result["windows"]["count"] == 1 and result["waveform_finite"]
 
 
 def test_sizes_and_sequence_lengths_follow_the_library(report: tuple[dict, str]) -> None:
@@ -85,6 +93,8 @@ def test_sizes_and_sequence_lengths_follow_the_library(report: tuple[dict, str])
 
 
 def test_two_pass_timing_and_quality_guard(report: tuple[dict, str]) -> None:
+    """The sampling-only runs start from the engine's noise and features: the engine's batched latents and the
+    two-pass ones (fast paths off) agree up to float32 summation order."""
     result = report[0]["results"][0]
     _positive(result["sampling_two_pass"]["seconds"]["median"], "two-pass sampling")
     _positive(result["ratios"]["batched_over_two_pass"], "batched / two-pass")
@@ -112,15 +122,16 @@ def test_targets_and_table(report: tuple[dict, str]) -> None:
         assert any(issue_target in n for n in names), issue_target
     # A CPU-only run of the tiny variant measures none of the issue's targets.
     assert all(t["met"] is None for t in data["targets"])
-    for heading in ("variant", "end to end", "Quality guard", "Peak memory"):
+    for heading in ("variant", "end to end", "Quality guard", "Peak memory", "Stages of the engine"):
         assert heading in stdout
 
 
-def test_skipping_features_and_reference_errors_are_reported(tmp_path: Path) -> None:
-    data, _ = _run(tmp_path, "--features", "none", "--no-quality", "--no-two-pass", "--reference",
-                        str(tmp_path / "no-such-checkout"))
+def test_random_features_and_reference_errors_are_reported(tmp_path: Path) -> None:
+    data, _ = _run(tmp_path, "--features", "random", "--no-quality", "--no-two-pass", "--reference",
+                   str(tmp_path / "no-such-checkout"))
     result = data["results"][0]
     assert "features" not in result["stages"] and "frames" not in result["stages"]
+    assert set(result["stages"]) == {"sampling", "decoding", "end_to_end"}
     assert "random features" in result["features_note"]
     assert "not a checkout" in result["reference"]["skipped"]
     assert "quality" not in result and "sampling_two_pass" not in result
@@ -130,7 +141,7 @@ def test_skipping_features_and_reference_errors_are_reported(tmp_path: Path) -> 
 @pytest.mark.skipif(not os.environ.get("MMAUDIO_REFERENCE_CODE"),
                     reason="set MMAUDIO_REFERENCE_CODE to a checkout of hkchengrex/MMAudio to compare with it")
 def test_reference_runs_on_the_same_weights(tmp_path: Path) -> None:
-    data, _ = _run(tmp_path, "--features", "none", "--reference", os.environ["MMAUDIO_REFERENCE_CODE"])
+    data, _ = _run(tmp_path, "--features", "random", "--reference", os.environ["MMAUDIO_REFERENCE_CODE"])
     result = data["results"][0]
     ref = result["reference"]
     _positive(ref["sampling"]["seconds"]["median"], "reference sampling")
@@ -141,8 +152,9 @@ def test_reference_runs_on_the_same_weights(tmp_path: Path) -> None:
     assert rows["reference fp32 (two-pass)"]["rel_l2"] < 1e-5
 
 
-def _cuda_row(dtype: str, end_to_end_s: float, peak_bytes: float, ratio: float | None) -> dict:
-    return {"variant": "large_44k_v2", "device": "cuda:0", "dtype": dtype,
+def _cuda_row(dtype: str, end_to_end_s: float, peak_bytes: float, ratio: float | None,
+              features: str = "all") -> dict:
+    return {"variant": "large_44k_v2", "device": "cuda:0", "dtype": dtype, "features": features,
             "stages": {"end_to_end": {"seconds": {"median": end_to_end_s}, "peak_bytes": peak_bytes}},
             "ratios": {"sampling_over_reference": ratio} if ratio is not None else {}}
 
@@ -175,6 +187,11 @@ def test_gpu_targets_are_judged_from_cuda_rows(monkeypatch: pytest.MonkeyPatch) 
     assert verdict("end to end (frames") is False and verdict("sampling >= 2x") is False
     assert verdict("peak GPU memory, bf16") is False and verdict("peak GPU memory, fp8") is None
 
+    # Only a run from frames judges the end-to-end and memory targets (random features skip CLIP and Synchformer).
+    verdicts = {t["name"]: t["met"] for t in benchmark._targets([_cuda_row("bf16", 0.1, 1e9, 0.3, "random")],
+                                                                 settings)}
+    assert verdict("end to end (frames") is None and verdict("peak GPU memory, bf16") is None
+
 
 def test_memory_budget_adds_up() -> None:
     """Weight bytes from meta-device builds: per stage, all resident, and fp8 halving the network."""
@@ -191,10 +208,34 @@ def test_memory_budget_adds_up() -> None:
 
 
 def test_staged_run_times_the_moves_of_every_stage(tmp_path: Path) -> None:
+    """--staged: the runtime moves each engine stage's models to the device and back, each move a timed stage."""
     data, _ = _run(tmp_path, "--staged", "--no-quality", "--no-two-pass", "--repeats", "1")
     assert data["settings"]["staged"] is True
     result = data["results"][0]
-    for part in ("features", "network", "decoder"):
+    for stage in ENGINE_STAGES[1:]:  # frame choice moves no model
         for way in ("load", "unload"):
-            _positive(result["stages"][f"{way}_{part}"]["seconds"]["median"], f"{way}_{part}")
-    assert {"load_network", "unload_decoder"} <= set(result["stages"]["end_to_end"]["stages"])
+            _positive(result["stages"][f"{way}_{stage}"]["seconds"]["median"], f"{way}_{stage}")
+    assert "load_frames" not in result["stages"]
+    moves = result["stages"]["moves"]["stages"]
+    assert {"load_sampling", "unload_decoding"} <= set(moves) and all(m.startswith(("load_", "unload_")) for m in moves)
+
+
+@pytest.mark.parametrize("features", ["none", "all"])
+def test_long_soundtrack_runs_as_the_engine_s_windows(tmp_path: Path, features: str) -> None:
+    """Beyond 10 s the engine generates overlapping 8 s windows; the report gives their plan, the time of every
+    stage and peak memory. --features none is text only (no video stages at all)."""
+    data, stdout = _run(tmp_path, "--duration", "12", "--features", features, "--repeats", "1", "--warmup", "0",
+                        "--video-size", "32x32", "--video-fps", "10")
+    result = data["results"][0]
+    assert result["windows"]["count"] >= 2 and result["soundtrack_seconds"] == 12
+    # 12 s at 16 kHz: ceil(12 * 16000 / 256 / 2) latent frames, each window the 250 of 8 s.
+    assert result["windows"]["total_latents"] == 375 and result["windows"]["window_latents"] == 250
+    stages = result["stages"]
+    expected = {"text", "sampling", "decoding", "end_to_end"} | ({"windows"} if features == "all" else set())
+    assert expected <= set(stages) and not {"clip", "sync"} & set(stages)
+    if features == "none":
+        assert "frames" not in stages and "windows" not in stages and "text-only" in result["features_note"]
+    assert stages["sampling"]["step_seconds"]["count"] == 2  # one mark per whole step (all windows), 2 steps
+    assert stages["end_to_end"]["peak_bytes"] > 0
+    assert "single_pass_note" in result and "quality" not in result and "sampling_two_pass" not in result
+    assert "12 s, 2 windows" in stdout
