@@ -3,6 +3,11 @@
 Time runs from noise (t = 0) to data (t = 1) on the float32 grid ``torch.linspace(0, 1, steps + 1)``; each
 step is x <- x + (t[k+1] - t[k]) * v(t[k], x), so the network is never evaluated at t = 1. The guided velocity
 runs the conditional and unconditional branches as one batched forward.
+
+The reference's flow (min_sigma 0) joins noise x0 and data x1 by the straight path x_t = (1 - t) x0 + t x1.
+Starting from existing audio (``denoise`` d < 1) therefore means starting at the time t0 of the grid where d of
+the way is left, from x_t0 = (1 - t0) noise + t0 data (:func:`state_at`), as ComfyUI's KSampler does: the steps
+asked for are the last ones of a grid of ``int(steps / d)`` steps.
 """
 
 from __future__ import annotations
@@ -59,22 +64,44 @@ def _check_steps(num_steps: int) -> int:
     return num_steps
 
 
-def flow_time_grid(num_steps: int) -> torch.Tensor:
-    """The float32 grid 0 .. 1 of ``num_steps`` Euler steps (torch.linspace's values, not exactly k / N)."""
-    return torch.linspace(0, 1, _check_steps(num_steps) + 1, dtype=torch.float32)
+def flow_time_grid(num_steps: int, denoise: float = 1.0) -> torch.Tensor:
+    """The float32 times of ``num_steps`` Euler steps: the grid 0 .. 1 (torch.linspace's values, not exactly
+    k / N), or with ``denoise`` < 1 the last ``num_steps`` intervals of the grid of ``int(num_steps / denoise)``."""
+    steps = _check_steps(num_steps)
+    if not 0 < denoise <= 1:
+        raise InvalidInputError(f"denoise: expected a number in (0, 1] for a grid of steps, got {denoise!r}")
+    total = steps if denoise == 1 else max(steps, int(steps / denoise))
+    return torch.linspace(0, 1, total + 1, dtype=torch.float32)[total - steps:]
+
+
+def state_at(t: torch.Tensor, noise: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+    """The flow's state at time ``t`` on the straight path from ``noise`` (t = 0) to ``data`` (t = 1)."""
+    t = t.to(device=noise.device, dtype=noise.dtype)
+    return (1 - t) * noise + t * data
+
+
+# (time reached, state) -> the state to go on from (e.g. the kept part of an inpainting put back on its path)
+StepProjection = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def euler_sample(velocity: VelocityFn, x0: torch.Tensor, num_steps: int, *,
-                 callback: StepCallback | None = None) -> torch.Tensor:
-    """Integrate dx/dt = velocity(t, x) from t = 0 (x0, noise) to t = 1 with Euler steps on the float32 grid.
+                 callback: StepCallback | None = None, grid: torch.Tensor | None = None,
+                 project: StepProjection | None = None) -> torch.Tensor:
+    """Integrate dx/dt = velocity(t, x) from x0 at the grid's first time to t = 1 with Euler steps.
 
-    ``callback(step_index, num_steps, x)`` runs after every step with the updated state; it may raise to abort.
+    ``grid`` defaults to :func:`flow_time_grid` (from t = 0: x0 is noise). ``project(t, x)`` runs after every step
+    on the state just reached. ``callback(step_index, num_steps, x)`` runs after every step with the updated
+    state; it may raise to abort.
     """
-    grid = flow_time_grid(num_steps)
+    grid = flow_time_grid(num_steps) if grid is None else grid
+    if grid.numel() != num_steps + 1:
+        raise InvalidInputError(f"grid: expected {num_steps + 1} times for {num_steps} steps, got {grid.numel()}")
     x = x0
     for k in range(num_steps):
         t, dt = grid[k], grid[k + 1] - grid[k]  # 0-d float32, as the reference computes them
         x = x + dt.to(x.device) * velocity(t, x)
+        if project is not None:
+            x = project(grid[k + 1], x)
         if callback is not None:
             callback(k, num_steps, x)
     return x
@@ -159,13 +186,15 @@ def build_conditions(net: MMAudioNetwork, *, clip_f: torch.Tensor | None = None,
 def sample(net: MMAudioNetwork, x0: torch.Tensor, conditions: NetworkConditions,
            empty_conditions: NetworkConditions | None, *,
            num_steps: int = DEFAULT_STEPS, cfg_strength: float = DEFAULT_CFG, callback: StepCallback | None = None,
-           batched_cfg: bool = True, compile: str = "off") -> torch.Tensor:
-    """Normalised latents x1 from noise x0 (call ``net.unnormalize`` before decoding). ``compile``: "off",
-    "compile" or "cuda_graphs" (torch.compile of the network's forward, kept for later generations)."""
+           batched_cfg: bool = True, compile: str = "off", grid: torch.Tensor | None = None,
+           project: StepProjection | None = None) -> torch.Tensor:
+    """Normalised latents x1 from x0 (noise, or a partly noised start on ``grid``; call ``net.unnormalize``
+    before decoding). ``compile``: "off", "compile" or "cuda_graphs" (torch.compile of the network's forward,
+    kept for later generations). ``grid`` and ``project`` as in :func:`euler_sample`."""
     _check_steps(num_steps)
     velocity = guided_velocity(net, conditions, empty_conditions, cfg_strength, batched=batched_cfg,
                                flow=compiled_flow(net, compile))
     try:
-        return euler_sample(velocity, x0, num_steps, callback=callback)
+        return euler_sample(velocity, x0, num_steps, callback=callback, grid=grid, project=project)
     finally:  # also after an error or an interrupt raised by the callback
         net.release_device_caches()

@@ -32,6 +32,7 @@ from ..sampling import (
     initial_noise,
     sample,
 )
+from .audio import AudioStart, RegenerateRange, audio_start, check_source
 from .conditions import EncodedConditions
 from .runtime import Placed, Runtime
 from .windows import blend_weights
@@ -49,6 +50,7 @@ class SamplingSettings:
     cfg: float = DEFAULT_CFG
     samples: int = 1
     compile: str = "off"
+    denoise: float = 1.0  # with input latents: how much of the way from noise to redo (1: all, 0: none)
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
@@ -60,6 +62,9 @@ class SamplingSettings:
         if isinstance(self.cfg, bool) or not isinstance(self.cfg, (int, float)) or not math.isfinite(self.cfg) \
                 or self.cfg < 0:
             raise InvalidInputError(f"cfg: expected a finite number >= 0 (below 1: no guidance), got {self.cfg!r}")
+        if isinstance(self.denoise, bool) or not isinstance(self.denoise, (int, float)) \
+                or not 0 <= self.denoise <= 1:
+            raise InvalidInputError(f"denoise: expected a number from 0 to 1, got {self.denoise!r}")
         if self.seed + self.samples - 1 > MAX_SEED:
             raise InvalidInputError(f"seed: {self.seed} + {self.samples} samples runs past the largest seed "
                                     f"{MAX_SEED}; use a smaller seed")
@@ -67,13 +72,19 @@ class SamplingSettings:
 
 @dataclass(frozen=True, eq=False)
 class AudioLatents:
-    """Sampled VAE latents [B, latent frames, latent_dim] (CPU, float32), ready for a decoder of ``mode``."""
+    """VAE latents [B, latent frames, latent_dim] (CPU, float32) of a decoder of ``mode``: sampled, or encoded from
+    audio. ``regenerate`` (set on input latents) says which part a sampler generates again."""
 
     latents: torch.Tensor
     mode: str
     duration: float
     seeds: tuple[int, ...]
-    prompts: tuple[str, ...]  # the prompt of every batch row
+    prompts: tuple[str, ...]  # the prompt (or what the audio was) of every batch row
+    regenerate: RegenerateRange | None = None
+    # Set on latents regenerated from input audio: the input's latents (as given, up to the soundtrack's length)
+    # and, per frame, 1 where generated and 0 where kept; the decoder splices the input's own decoding there.
+    original: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
     @property
     def sample_rate(self) -> int:
@@ -110,28 +121,45 @@ def sampling_memory(net: MMAudioNetwork, lengths: SequenceLengths, batch: int, d
 
 
 def sample_latents(network: Placed[MMAudioNetwork], conditions: EncodedConditions, settings: SamplingSettings,
-                   runtime: Runtime) -> AudioLatents:
-    """Euler flow sampling of every prompt row of ``conditions`` times ``settings.samples``."""
+                   runtime: Runtime, source: AudioLatents | None = None) -> AudioLatents:
+    """Euler flow sampling of every prompt row of ``conditions`` times ``settings.samples``; from ``source``'s
+    latents (audio-to-audio, regenerating a range of them, extending them) when given (see ``audio.py``)."""
     net = network.module
     lengths = check_pairing(net, conditions)
     plan = conditions.windows
     rows = conditions.num_rows * settings.samples
-    per_forward = rows if plan.is_single else rows * min(WINDOWS_PER_FORWARD, plan.num_windows)
-    runtime.plan({"sampling": settings.steps * plan.num_windows})
-    memory = sampling_memory(net, lengths, per_forward, network.dtype, network.device)
-    with runtime.stage("sampling", [network], memory), torch.inference_mode():
-        net.update_seq_lengths(lengths.latent_seq_len, lengths.clip_seq_len, lengths.sync_seq_len)
-        if plan.is_single:
-            x1 = _sample_one_pass(network, conditions, settings, lengths, runtime)
-        else:
-            x1 = _sample_windows(network, conditions, settings, runtime)
-        latents = net.unnormalize(x1.float()).cpu()
+    total = lengths.latent_seq_len if plan.is_single else plan.total_latents
+    if source is not None:
+        check_source(source.latents, source.mode, net.config.mode, rows)
+    noise = _row_noise(settings, conditions.num_rows, total, net.latent_dim).to(network.device)
+    start = audio_start(noise, None if source is None else source.latents, net.normalize, steps=settings.steps,
+                        denoise=settings.denoise, regenerate=None if source is None else source.regenerate,
+                        mode=net.config.mode, duration=plan.duration)
+    if source is not None and settings.denoise == 0:
+        latents = start.source.cpu()
+        runtime.plan({"sampling": 1})
+        runtime.progress("sampling", 1, 1)
+    else:
+        per_forward = rows if plan.is_single else rows * min(WINDOWS_PER_FORWARD, plan.num_windows)
+        runtime.plan({"sampling": settings.steps * plan.num_windows})
+        memory = sampling_memory(net, lengths, per_forward, network.dtype, network.device)
+        with runtime.stage("sampling", [network], memory), torch.inference_mode():
+            net.update_seq_lengths(lengths.latent_seq_len, lengths.clip_seq_len, lengths.sync_seq_len)
+            if plan.is_single:
+                x1 = _sample_one_pass(network, conditions, settings, start, runtime)
+            else:
+                x1 = _sample_windows(network, conditions, settings, start, runtime)
+            latents = net.unnormalize(x1.float()).cpu()
+        if start.keep is not None:  # the kept frames are the input's, exactly
+            latents = torch.where(start.keep.cpu()[None, :, None], start.source.cpu(), latents)
     samples = settings.samples
     labels = conditions.prompts.labels()
+    kept = source is not None and start.mask is not None and bool(start.keep.any())
     return AudioLatents(
         latents=latents, mode=net.config.mode, duration=plan.duration,
         seeds=tuple(settings.seed + k for _ in labels for k in range(samples)),
         prompts=tuple(label for label in labels for _ in range(samples)),
+        original=source.latents[:, :total].cpu() if kept else None, mask=start.mask.cpu() if kept else None,
     )
 
 
@@ -141,7 +169,7 @@ def _row_noise(settings: SamplingSettings, prompt_rows: int, length: int, latent
 
 
 def _sample_one_pass(network: Placed[MMAudioNetwork], conditions: EncodedConditions, settings: SamplingSettings,
-                     lengths: SequenceLengths, runtime: Runtime) -> torch.Tensor:
+                     start: AudioStart, runtime: Runtime) -> torch.Tensor:
     net, device, dtype = network.module, network.device, network.dtype
     samples = settings.samples
     texts = conditions.text_features[conditions.text_index[:, 0]]
@@ -150,10 +178,9 @@ def _sample_one_pass(network: Placed[MMAudioNetwork], conditions: EncodedConditi
         net, clip_f=_first(conditions.clip_features), sync_f=_first(conditions.sync_features),
         text_f=_repeat_rows(texts, samples), negative_text_f=_repeat_rows(negative, samples),
         batch_size=conditions.num_rows * samples, dtype=dtype, device=device)
-    noise = _row_noise(settings, conditions.num_rows, lengths.latent_seq_len, net.latent_dim).to(device)
     with winograd.fast_path_for(net, device, dtype):
-        return sample(net, noise, cond, empty if settings.cfg >= 1.0 else None, num_steps=settings.steps,
-                      cfg_strength=settings.cfg, compile=settings.compile,
+        return sample(net, start.state, cond, empty if settings.cfg >= 1.0 else None, num_steps=settings.steps,
+                      cfg_strength=settings.cfg, compile=settings.compile, grid=start.grid, project=start.project,
                       callback=lambda k, total, _x: runtime.progress("sampling", k + 1, total))
 
 
@@ -181,15 +208,15 @@ def _negative_rows(conditions: EncodedConditions, index: torch.Tensor, net: MMAu
 
 # ---- windows -------------------------------------------------------------------------------------------------
 def _sample_windows(network: Placed[MMAudioNetwork], conditions: EncodedConditions, settings: SamplingSettings,
-                    runtime: Runtime) -> torch.Tensor:
+                    start: AudioStart, runtime: Runtime) -> torch.Tensor:
     """One trajectory over the whole timeline; each step blends the windows' guided velocities."""
     net, device, dtype = network.module, network.device, network.dtype
     plan = conditions.windows
     length = plan.window_latents
     weights = blend_weights(plan).to(device)  # [W, L]
     coverage = torch.zeros(plan.total_latents, device=device)
-    for k, start in enumerate(plan.starts):
-        coverage[start:start + length] += weights[k]
+    for k, first in enumerate(plan.starts):
+        coverage[first:first + length] += weights[k]
     groups = [list(range(first, min(first + WINDOWS_PER_FORWARD, plan.num_windows)))
               for first in range(0, plan.num_windows, WINDOWS_PER_FORWARD)]
     velocities = [_group_velocity(net, conditions, group, settings, device, dtype) for group in groups]
@@ -204,17 +231,16 @@ def _sample_windows(network: Placed[MMAudioNetwork], conditions: EncodedConditio
             pieces = torch.cat([x[:, plan.starts[k]:plan.starts[k] + length] for k in group])
             v = group_velocity(t, pieces).reshape(len(group), rows, length, -1)
             for j, k in enumerate(group):
-                start = plan.starts[k]
-                blended[:, start:start + length] += weights[k][None, :, None] * v[j]
+                first = plan.starts[k]
+                blended[:, first:first + length] += weights[k][None, :, None] * v[j]
             done += len(group)
             runtime.progress("sampling", done, total_units)
         step[0] += 1
         return blended / coverage[None, :, None]
 
-    noise = _row_noise(settings, conditions.num_rows, plan.total_latents, net.latent_dim).to(device)
     with winograd.fast_path_for(net, device, dtype):
         try:
-            return euler_sample(velocity, noise, settings.steps)
+            return euler_sample(velocity, start.state, settings.steps, grid=start.grid, project=start.project)
         finally:
             net.release_device_caches()
 
