@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import InvalidInputError, MMAudioError
 from .model.config import VARIANTS
+from .modes import MODES
 
 COMPONENT_FLAGS = ("network", "vae", "vocoder", "clip", "synchformer")
 DEFAULT_VARIANT = "large_44k_v2"
@@ -86,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance strength (below 1: none)")
     gen.add_argument("--samples", type=int, default=1, help="samples per prompt (consecutive seeds)")
     gen.add_argument("--mask-away-clip", action="store_true", help="ignore CLIP image features (keep sync)")
+    gen.add_argument("--audio", type=Path, help="input audio to start from: an audio file, or a video with a "
+                                                "soundtrack (the same file as --video works)")
+    gen.add_argument("--denoise", type=float, default=1.0,
+                     help="with --audio: how much of the way from noise to redo (1: all, 0: the input unchanged)")
+    gen.add_argument("--regenerate", type=float, nargs=2, metavar=("START", "END"),
+                     help="with --audio: regenerate START..END seconds and keep the rest (END 0: to the end, also "
+                          "past the audio's end when the video is longer: extension)")
+    gen.add_argument("--fade", type=float, default=0.1, help="seconds of soft edge inside the regenerated range")
     gen.add_argument("--variant", choices=sorted(VARIANTS),
                      help=f"network variant to fetch (default: the variant of --network, else {DEFAULT_VARIANT})")
     gen.add_argument("--weights", type=Path, help="weights folder (default: $MMAUDIO_WEIGHTS or "
@@ -120,6 +129,8 @@ def _plan_outputs(args: argparse.Namespace, rows: int) -> Outputs:
     from .media import outputs
 
     inputs = {"--video": args.video} if args.video is not None else {}
+    if args.audio is not None:
+        inputs["--audio"] = args.audio
     inputs.update({f"--{kind}": getattr(args, kind) for kind in COMPONENT_FLAGS if getattr(args, kind)})
     suffix = args.out.suffix.lower()
     if args.video is None and suffix not in outputs.AUDIO_SUFFIXES:
@@ -204,16 +215,37 @@ def _resolve_files(args: argparse.Namespace, variant: str, progress: TextProgres
     return ComponentFiles(**paths)
 
 
-def _request(args: argparse.Namespace):  # -> GenerationRequest
-    from .engine import GenerationRequest, SamplingSettings, check_request
+def _request(args: argparse.Namespace, audio: tuple | None = None):  # -> GenerationRequest
+    from .engine import GenerationRequest, RegenerateRange, SamplingSettings, check_request
 
+    regenerate = None
+    if args.regenerate is not None:
+        start, end = args.regenerate
+        regenerate = RegenerateRange(start=start, end=end or None, fade=args.fade)
     request = GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, duration=args.duration,
         mask_away_clip=args.mask_away_clip,
         sampling=SamplingSettings(seed=args.seed, steps=args.steps, cfg=args.cfg, samples=args.samples,
-                                  compile=args.compile))
-    check_request(request)
+                                  compile=args.compile, denoise=args.denoise),
+        audio=audio, regenerate=regenerate)
+    check_request(request, audio_given=args.audio is not None)
     return request
+
+
+def _read_input_audio(args: argparse.Namespace, mode: str) -> tuple | None:
+    """The --audio file, read and checked (mono at the mode's rate) before any model is loaded."""
+    from .audio_input import prepare_audio
+    from .media import read_audio
+
+    if args.audio is None:
+        return None
+    _check_file(args.audio, "--audio")
+    try:
+        waveform, rate = read_audio(args.audio)
+        mono = prepare_audio(waveform, rate, mode)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"--audio {args.audio}: {exc}") from exc
+    return mono[:, None, :], MODES[mode].sample_rate
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
@@ -223,7 +255,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
 
     started = time.monotonic()
     progress = TextProgress(args.quiet)
-    request = _request(args)
+    _request(args)  # every option the engine checks, before anything is read
     rows = engine.parse_prompts(args.prompt, args.negative_prompt).num_rows * args.samples
     if args.video is not None:
         _check_file(args.video, "--video")
@@ -233,6 +265,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
         source = engine.VisualSource.from_file(VideoFile.open(args.video))
     device = engine.pick_device(args.device)
     variant, _ = _network_choice(args)
+    request = _request(args, _read_input_audio(args, VARIANTS[variant].mode))
     try:
         files = _resolve_files(args, variant, progress)
         models = engine.load_models(files, device=device, precision=args.precision, offload=args.offload,

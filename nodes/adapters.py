@@ -8,6 +8,7 @@ raises from the progress callback, within one sampling step or one chunk of fram
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -207,13 +208,34 @@ def encode_conditions(features: FeatureModelsHandle, source: engine.VisualSource
 
 # ---- sampling ------------------------------------------------------------------------------------------------
 def sample_latents(network: NetworkHandle, conditions: engine.EncodedConditions, seed: int, steps: int, cfg: float,
-                   samples: int) -> engine.AudioLatents:
-    """The engine's sampling stage (sample k of every prompt uses seed + k)."""
-    settings = engine.SamplingSettings(seed=seed, steps=steps, cfg=cfg, samples=samples, compile=network.compile)
+                   samples: int, *, denoise: float = 1.0, source: engine.AudioLatents | None = None,
+                   ) -> engine.AudioLatents:
+    """The engine's sampling stage (sample k of every prompt uses seed + k), from ``source`` when given."""
+    settings = engine.SamplingSettings(seed=seed, steps=steps, cfg=cfg, samples=samples, compile=network.compile,
+                                       denoise=denoise)
     runtime = NodeRuntime()
-    latents = engine.sample_latents(network.placed, conditions, settings, runtime)
+    latents = engine.sample_latents(network.placed, conditions, settings, runtime, source)
     runtime.finish()
     return latents
+
+
+# ---- audio in ------------------------------------------------------------------------------------------------
+def encode_audio(decoder: DecoderHandle, audio: Any) -> engine.AudioLatents:
+    """A ComfyUI AUDIO ({"waveform": [B, C, T], "sample_rate": int}) -> latents of the decoder's mode."""
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise InvalidInputError("audio: expected a ComfyUI AUDIO (a waveform and its sample rate)")
+    runtime = NodeRuntime()
+    latents = engine.encode_audio_latents(decoder.placed, audio["waveform"], audio["sample_rate"], runtime)
+    runtime.finish()
+    return latents
+
+
+def regenerate_range(latents: engine.AudioLatents, start: float, end: float, fade: float) -> engine.AudioLatents:
+    """The same latents, marked so a sampler regenerates ``start``..``end`` seconds (end 0: to the end)."""
+    marked = engine.RegenerateRange(start=float(start), end=None if not end else float(end), fade=float(fade))
+    if marked.start >= latents.duration and marked.end is not None:
+        raise InvalidInputError(f"start: {marked.start:g} s is after the end of the {latents.duration:.2f} s audio")
+    return dataclasses.replace(latents, regenerate=marked)
 
 
 # ---- decoding ------------------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from .download import MMAudioSyncDownloadWeights
 from .generation import (
     MMAudioSyncCompileNetwork,
     MMAudioSyncDecode,
+    MMAudioSyncEncodeAudio,
     MMAudioSyncEncodeConditions,
+    MMAudioSyncRegenerateRange,
     MMAudioSyncSampler,
 )
 from .loaders import MMAudioSyncDecoderLoader, MMAudioSyncFeatureModelsLoader, MMAudioSyncNetworkLoader
@@ -31,6 +33,8 @@ CORE_NODES: list[type[io.ComfyNode]] = [
     MMAudioSyncSampler,
     MMAudioSyncCompileNetwork,
     MMAudioSyncDecode,
+    MMAudioSyncEncodeAudio,
+    MMAudioSyncRegenerateRange,
     MMAudioSyncDownloadWeights,
 ]
 

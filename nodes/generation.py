@@ -134,15 +134,26 @@ class MMAudioSyncSampler(io.ComfyNode):
                 io.Int.Input("samples", default=1, min=1, max=64,
                              tooltip="Generations per prompt line (consecutive seeds). The batch holds prompt 1's "
                                      "samples first, then prompt 2's, and so on."),
+                LatentType.Input("latents", optional=True,
+                                 tooltip="Optional: latents to start from (MMAudio Encode Audio, or a sampler's "
+                                         "output): audio-to-audio with denoise below 1, and with MMAudio "
+                                         "Regenerate Range only that range is generated again (or the part "
+                                         "past the audio's end: extension)."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="With input latents: how much of the way from noise is redone. 1: new "
+                                       "audio (the same as without latents, for the same seed); 0: the input "
+                                       "unchanged; in between: audio-to-audio, keeping more of the input the "
+                                       "lower it is."),
             ],
             outputs=[LatentType.Output(display_name="latents",
                                        tooltip="Audio latents for MMAudio Decode (kept on the CPU).")],
         )
 
     @classmethod
-    def execute(cls, network: Any, conditions: Any, seed: int, steps: int, cfg: float,
-                samples: int) -> io.NodeOutput:
-        return io.NodeOutput(adapters.sample_latents(network, conditions, seed, steps, cfg, samples))
+    def execute(cls, network: Any, conditions: Any, seed: int, steps: int, cfg: float, samples: int,
+                denoise: float = 1.0, latents: Any | None = None) -> io.NodeOutput:
+        return io.NodeOutput(adapters.sample_latents(network, conditions, seed, steps, cfg, samples,
+                                                     denoise=denoise, source=latents))
 
 
 COMPILE_CHOICES = [*(name for name in COMPILE_MODES if name != "off"), "off"]  # the library's, "off" last
@@ -199,6 +210,69 @@ class MMAudioSyncDecode(io.ComfyNode):
     @classmethod
     def execute(cls, decoder: Any, latents: Any) -> io.NodeOutput:
         audio = adapters.decode_audio(decoder, latents)
-        rows = zip(latents.prompts, latents.seeds, strict=True)
-        labels = [f"{prompt or '(no prompt)'} · seed {seed}" for prompt, seed in rows]
+        seeds = latents.seeds or (None,) * len(latents.prompts)  # encoded audio has no seed
+        labels = [f"{prompt or '(no prompt)'}" + ("" if seed is None else f" · seed {seed}")
+                  for prompt, seed in zip(latents.prompts, seeds, strict=True)]
         return io.NodeOutput(audio, ui=_payload(lambda: ui_payloads.audio_waveform_payload(audio, labels=labels)))
+
+
+class MMAudioSyncEncodeAudio(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MMAudioSyncEncodeAudio",
+            display_name="MMAudio Encode Audio",
+            category=CATEGORY,
+            description=(
+                "Turns audio into MMAudio latents with the decoder's VAE (its encoder), as the model's training "
+                "latents were made: mono, resampled to the network's rate, the reference's mel front-end. Feed "
+                "them to MMAudio Sampler's latents input (audio-to-audio, regeneration, extension)."
+            ),
+            inputs=[
+                DecoderType.Input("decoder", tooltip="From MMAudio Decoder Loader (a VAE file with its encoder), of "
+                                                     "the network's mode."),
+                io.Audio.Input("audio", tooltip="Any AUDIO: any sample rate, mono or stereo, any length (e.g. Load "
+                                                "Audio, or Get Video Components' audio)."),
+            ],
+            outputs=[
+                LatentType.Output(display_name="latents", tooltip="The audio's latents (kept on the CPU)."),
+                io.Float.Output(display_name="duration", tooltip="Seconds of audio encoded."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, decoder: Any, audio: dict[str, Any]) -> io.NodeOutput:
+        latents = adapters.encode_audio(decoder, audio)
+        return io.NodeOutput(latents, float(latents.duration))
+
+
+class MMAudioSyncRegenerateRange(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MMAudioSyncRegenerateRange",
+            display_name="MMAudio Regenerate Range",
+            category=CATEGORY,
+            description=(
+                "Marks the part of input latents the sampler generates again; the rest is kept exactly, and the "
+                "new part is generated to join it (no clicks). End 0 regenerates to the end of the soundtrack, "
+                "also past the end of the audio when the video is longer: extension."
+            ),
+            inputs=[
+                LatentType.Input("latents", tooltip="From MMAudio Encode Audio (or a sampler's output)."),
+                io.Float.Input("start", default=0.0, min=0.0, max=adapters.MAX_DURATION_S, step=0.01,
+                               tooltip="Seconds where the regenerated range begins."),
+                io.Float.Input("end", default=0.0, min=0.0, max=adapters.MAX_DURATION_S, step=0.01,
+                               tooltip="Seconds where it ends; 0: the end of the soundtrack (and past the input "
+                                       "audio, if the video is longer)."),
+                io.Float.Input("fade", default=0.1, min=0.0, max=5.0, step=0.01,
+                               tooltip="Seconds of soft edge inside the range at each end, where new and kept "
+                                       "audio blend."),
+            ],
+            outputs=[LatentType.Output(display_name="latents",
+                                       tooltip="The same latents, marked for the sampler's latents input.")],
+        )
+
+    @classmethod
+    def execute(cls, latents: Any, start: float, end: float, fade: float) -> io.NodeOutput:
+        return io.NodeOutput(adapters.regenerate_range(latents, start, end, fade))

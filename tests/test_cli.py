@@ -163,3 +163,41 @@ def test_offload_returns_the_models_after_an_error(models, monkeypatch) -> None:
     with pytest.raises(RuntimeError, match="out of memory"):
         engine.generate(staged, None, _request(), engine.DirectRuntime("cpu", offload=True))
     assert returned == ["cpu", "cpu"]  # moved for the stage, then back despite the error
+
+
+def _with_soundtrack(tmp_path: Path) -> Path:
+    from mmaudio import media
+
+    video = tmp_path / "silent.mp4"
+    _write_video(video)
+    tone = torch.sin(torch.arange(int(48000 * SECONDS)) / 48000 * 2 * torch.pi * 330).unsqueeze(0) * 0.3
+    return media.mux_audio_into_video(video, tone, 48000, tmp_path / "with_sound.mp4")[0]
+
+
+def test_regenerating_a_second_of_a_videos_soundtrack(models, tmp_path, capsys) -> None:
+    source = _with_soundtrack(tmp_path)
+    out = tmp_path / "fixed.mp4"
+    code = main(["generate", "--video", str(source), "--audio", str(source), "--regenerate", "0.5", "1.0",
+                 "--prompt", "footsteps", "--out", str(out), *_component_args(models)])
+    assert code == 0, capsys.readouterr().err
+    assert set(_streams(out)) == {"video", "audio"} and out.with_suffix(".flac").is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--denoise", "0.5"], "denoise: 0.5 needs input audio to start from"),
+    (["--regenerate", "1", "2"], "regenerate: a range to regenerate needs input audio"),
+    (["--audio", "SILENT", "--denoise", "0.5"], "--audio"),
+    (["--audio", "MISSING"], "--audio"),
+])
+def test_audio_options_are_checked_before_anything_loads(models, tmp_path, capsys, extra, message) -> None:
+    from mmaudio import media
+
+    silent = tmp_path / "silent.wav"
+    media.write_audio(silent, torch.zeros(1, 16000), 16000)
+    extra = [str(silent) if a == "SILENT" else str(tmp_path / "none.wav") if a == "MISSING" else a for a in extra]
+    out = tmp_path / "out.wav"
+    code = main(["generate", "--prompt", "x", "--duration", "1", "--out", str(out), *extra, *_component_args(models)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert not out.exists()

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mmaudio import engine
-from mmaudio.engine.audio import RegenerateRange, regenerate_mask
+from mmaudio.engine.audio import regenerate_mask
+from mmaudio.engine.latents import RegenerateRange
 from mmaudio.engine.windows import plan_windows
 from mmaudio.errors import IncompatibleComponentsError, InvalidInputError
 from mmaudio.modes import MODES
@@ -121,7 +122,7 @@ def test_bad_ranges_name_what_was_expected(source_frames: int, regenerate: Regen
 def test_bad_inputs_are_refused_before_sampling() -> None:
     net = _net()
     conditions = conditions_for(one_pass(8.0))
-    with pytest.raises(InvalidInputError, match=r"denoise: 0\.5 needs input latents"):
+    with pytest.raises(InvalidInputError, match=r"denoise: 0\.5 needs input audio to start from"):
         _sample(net, conditions, None, denoise=0.5)
     with pytest.raises(InvalidInputError, match="denoise: expected a number from 0 to 1"):
         engine.SamplingSettings(denoise=1.5)

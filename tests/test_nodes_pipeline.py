@@ -411,3 +411,27 @@ def test_compile_node_routes_sampling_through_torch_compile(nodes, loaded, monke
     sample(nodes, off, conditions)
     assert compiled_calls == ["reduce-overhead"]
     torch._dynamo.reset()
+
+
+# ---- audio in ------------------------------------------------------------------------------------------------------
+def test_audio_in_regenerates_a_range_and_keeps_the_rest(pack, nodes, loaded):
+    network, features, decoder = loaded
+    tone = torch.sin(torch.arange(2 * 22050) / 22050 * 2 * torch.pi * 220).repeat(1, 2, 1) * 0.4  # stereo, 22.05 kHz
+    encoded = nodes["MMAudioSyncEncodeAudio"].execute(decoder=decoder, audio={"waveform": tone, "sample_rate": 22050})
+    source, seconds = encoded
+    assert seconds == pytest.approx(2.0) and source.mode == "16k" and source.latents.shape == (1, 62, 20)
+    conditions, _ = encode(nodes, features, prompt="a bell", duration=2.0)
+    unchanged = sample(nodes, network, conditions, latents=source, denoise=0.0)
+    assert torch.equal(unchanged.latents[:, :62], source.latents)
+    marked = nodes["MMAudioSyncRegenerateRange"].execute(latents=source, start=0.5, end=1.0, fade=0.1)[0]
+    regenerated = sample(nodes, network, conditions, latents=marked)
+    first, last = round(0.5 * 31.25), round(1.0 * 31.25)
+    assert torch.equal(regenerated.latents[:, :first], source.latents[:, :first])
+    assert torch.equal(regenerated.latents[:, last:62], source.latents[:, last:])
+    audio = nodes["MMAudioSyncDecode"].execute(decoder=decoder, latents=regenerated)[0]
+    assert audio["waveform"].shape == (1, 1, 2 * SR)
+    with pytest.raises(errors(pack).InvalidInputError, match="silent"):
+        nodes["MMAudioSyncEncodeAudio"].execute(decoder=decoder, audio={"waveform": torch.zeros(1, 1, 8000),
+                                                                        "sample_rate": 16000})
+    with pytest.raises(errors(pack).InvalidInputError, match="denoise"):
+        sample(nodes, network, conditions, denoise=0.5)

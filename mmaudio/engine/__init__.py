@@ -4,6 +4,7 @@ The ComfyUI nodes, the command line and the benchmark are thin drivers of these 
 the :class:`Runtime` they pass (how a model reaches its device, where progress goes, how a run is cancelled).
 """
 
+from .audio import encode_audio_latents
 from .chain import GenerationRequest, GenerationResult, check_request, generate
 from .conditions import (
     MAX_DURATION_S,
@@ -15,10 +16,11 @@ from .conditions import (
     requested_seconds,
 )
 from .decoding import check_decoder, decode_audio
+from .latents import AudioLatents, RegenerateRange
 from .loading import ComponentFiles, LoadedModels, default_weights_folder, load_models, pick_device
 from .prompts import PromptPlan, PromptTrack, parse_prompts
 from .runtime import DirectRuntime, Placed, Runtime
-from .sampling import AudioLatents, SamplingSettings, check_pairing, sample_latents
+from .sampling import SamplingSettings, check_pairing, sample_latents
 from .windows import WindowPlan, WindowSettings, blend_weights, plan_windows
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "Placed",
     "PromptPlan",
     "PromptTrack",
+    "RegenerateRange",
     "Runtime",
     "SamplingSettings",
     "VisualSource",
@@ -46,6 +49,7 @@ __all__ = [
     "check_request",
     "decode_audio",
     "default_weights_folder",
+    "encode_audio_latents",
     "encode_conditions",
     "generate",
     "load_models",

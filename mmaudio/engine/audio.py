@@ -19,39 +19,16 @@ from dataclasses import dataclass
 
 import torch
 
+from ..audio_input import encode_audio, encode_audio_memory
+from ..decoder import AudioDecoder
 from ..errors import IncompatibleComponentsError, InvalidInputError
+from ..media.audio import resampled_length
 from ..modes import MODES, mode_words
 from ..sampling import StepProjection, flow_time_grid, state_at
+from .latents import AudioLatents, RegenerateRange
+from .runtime import Placed, Runtime
 
 EDGE_FRAMES = 2  # latent frames an encoded clip may fall short of the soundtrack without being an extension
-
-
-@dataclass(frozen=True)
-class RegenerateRange:
-    """Seconds ``start`` to ``end`` (None: to the end of the soundtrack, past the input audio if it is shorter) are
-    generated again; the rest is kept. ``fade``: seconds of soft edge inside the range, at each inner end."""
-
-    start: float
-    end: float | None = None
-    fade: float = 0.1
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.start, (int, float)) and math.isfinite(self.start) and self.start >= 0):
-            raise InvalidInputError(f"start: expected seconds >= 0, got {self.start!r}")
-        if self.end is not None and not (isinstance(self.end, (int, float)) and math.isfinite(self.end)
-                                         and self.end > self.start):
-            raise InvalidInputError(f"end: expected seconds after start ({self.start:g} s), or 0 for the end of "
-                                    f"the soundtrack, got {self.end!r}")
-        if not (isinstance(self.fade, (int, float)) and math.isfinite(self.fade) and self.fade >= 0):
-            raise InvalidInputError(f"fade: expected seconds >= 0, got {self.fade!r}")
-        if self.end is not None and 2 * self.fade > self.end - self.start:
-            raise InvalidInputError(f"fade: {self.fade:g} s at each edge needs a range of at least "
-                                    f"{2 * self.fade:g} s; the range {self.start:g}-{self.end:g} s is "
-                                    f"{self.end - self.start:g} s")
-
-    def describe(self) -> str:
-        end = "the end" if self.end is None else f"{self.end:g} s"
-        return f"{self.start:g} s to {end} (fade {self.fade:g} s)"
 
 
 @dataclass(frozen=True)
@@ -64,10 +41,18 @@ class AudioStart:
     project: StepProjection | None
     source: torch.Tensor | None  # VAE latents [rows, T, C], padded to T, to put back where the mask is 0
     mask: torch.Tensor | None
+    original: torch.Tensor | None = None  # the input as the decoder should render the kept part (up to T frames)
 
     @property
     def keep(self) -> torch.Tensor | None:
         return None if self.mask is None else self.mask == 0
+
+
+def check_denoise(denoise: float, has_source: bool) -> None:
+    """``denoise`` below 1 keeps part of an input: there must be one."""
+    if not has_source and denoise != 1:
+        raise InvalidInputError(f"denoise: {denoise:g} needs input audio to start from (its latents); without "
+                                "input audio, use 1")
 
 
 def check_source(latents: torch.Tensor, mode: str, network_mode: str, rows: int) -> None:
@@ -129,15 +114,14 @@ def audio_start(noise: torch.Tensor, source: torch.Tensor | None, normalize, *, 
     """The grid, the first state and the per-step projection of a generation from ``noise`` [rows, T, C]
     and optional input latents ``source`` (VAE space, [1 or rows, T_in, C]); ``normalize`` maps VAE latents to
     the network's space."""
+    check_denoise(denoise, source is not None)
     if source is None:
-        if denoise != 1:
-            raise InvalidInputError(f"denoise: {denoise:g} needs input latents (connect encoded audio to the "
-                                    "sampler's latents input); without them, use 1")
         return AudioStart(flow_time_grid(steps), noise, None, None, None)
     if not 0 <= denoise <= 1:
         raise InvalidInputError(f"denoise: expected a number from 0 to 1, got {denoise!r}")
     rows, total = noise.shape[0], noise.shape[1]
-    if regenerate is None and 0 < total - source.shape[1] <= EDGE_FRAMES:
+    extends = regenerate is not None and regenerate.end is None
+    if not extends and 0 < total - source.shape[1] <= EDGE_FRAMES:
         # Audio of exactly the soundtrack's length encodes to a frame or two fewer (the mel's edge frames): hold
         # the last one rather than refuse.
         source = torch.cat([source, source[:, -1:].expand(-1, total - source.shape[1], -1)], dim=1)
@@ -147,8 +131,9 @@ def audio_start(noise: torch.Tensor, source: torch.Tensor | None, normalize, *, 
     if denoise < 1 and bool((mask[min(available, total):] > 0).any()):
         raise InvalidInputError(f"denoise: {denoise:g} keeps part of the input everywhere, but the soundtrack "
                                 "runs past the input audio (extension); use denoise 1 to generate the new part")
+    original = source[:, :total]
     if denoise == 0:
-        return AudioStart(flow_time_grid(steps), noise, None, padded, torch.zeros_like(mask))
+        return AudioStart(flow_time_grid(steps), noise, None, padded, torch.zeros_like(mask), original)
     grid = flow_time_grid(steps, denoise)
     data = normalize(padded)
     state = noise if grid[0] == 0 else state_at(grid[0], noise, data)
@@ -159,8 +144,9 @@ def audio_start(noise: torch.Tensor, source: torch.Tensor | None, normalize, *, 
         def project(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             return weight * x + (1 - weight) * state_at(t, noise, data)
 
-    return AudioStart(grid, state, project, padded if regenerate is not None else None,
-                      mask if regenerate is not None else None)
+    if regenerate is None:
+        return AudioStart(grid, state, None, None, None)
+    return AudioStart(grid, state, project, padded, mask, original)
 
 
 def _fit(source: torch.Tensor, total: int) -> torch.Tensor:
@@ -169,3 +155,22 @@ def _fit(source: torch.Tensor, total: int) -> torch.Tensor:
         return source[:, :total]
     pad = source.new_zeros(source.shape[0], total - source.shape[1], source.shape[2])
     return torch.cat([source, pad], dim=1)
+
+
+# ---- the encode-audio stage --------------------------------------------------------------------------------------
+def encode_audio_latents(decoder: Placed[AudioDecoder], waveform: torch.Tensor, sample_rate: int, runtime: Runtime,
+                         *, label: str = "input audio") -> AudioLatents:
+    """Any audio (ComfyUI's AUDIO layout, any rate and channels) -> the VAE latents of the decoder's mode: mono,
+    band-limited resampling, the reference's mel front-end, the VAE encoder's posterior mean (deterministic, so
+    the same audio always gives the same latents). Long audio is encoded in chunks."""
+    model = decoder.module
+    batch = 1 if waveform.ndim == 2 else int(waveform.shape[0])
+    memory = encode_audio_memory(model, int(waveform.shape[-1]), sample_rate, batch=batch, dtype=decoder.dtype)
+    runtime.plan({"encoding": 1})
+    with runtime.stage("encoding", [decoder], memory), torch.inference_mode():
+        posterior = encode_audio(model, waveform, sample_rate, device=decoder.device,
+                                 progress=lambda done, total: runtime.progress("encoding", done, total))
+    latents = posterior.mean.float().cpu()
+    duration = resampled_length(int(waveform.shape[-1]), int(sample_rate), model.sample_rate) / model.sample_rate
+    return AudioLatents(latents=latents, mode=model.mode, duration=duration, seeds=(),
+                        prompts=(label,) * latents.shape[0])

@@ -7,8 +7,8 @@ import torch
 from ..decoder import AudioDecoder
 from ..errors import IncompatibleComponentsError
 from ..modes import mode_words
+from .latents import AudioLatents
 from .runtime import Placed, Runtime
-from .sampling import AudioLatents
 
 
 def check_decoder(decoder: AudioDecoder, latents: AudioLatents) -> None:

@@ -32,8 +32,9 @@ from ..sampling import (
     initial_noise,
     sample,
 )
-from .audio import AudioStart, RegenerateRange, audio_start, check_source
+from .audio import AudioStart, audio_start, check_source
 from .conditions import EncodedConditions
+from .latents import AudioLatents
 from .runtime import Placed, Runtime
 from .windows import blend_weights
 
@@ -68,27 +69,6 @@ class SamplingSettings:
         if self.seed + self.samples - 1 > MAX_SEED:
             raise InvalidInputError(f"seed: {self.seed} + {self.samples} samples runs past the largest seed "
                                     f"{MAX_SEED}; use a smaller seed")
-
-
-@dataclass(frozen=True, eq=False)
-class AudioLatents:
-    """VAE latents [B, latent frames, latent_dim] (CPU, float32) of a decoder of ``mode``: sampled, or encoded from
-    audio. ``regenerate`` (set on input latents) says which part a sampler generates again."""
-
-    latents: torch.Tensor
-    mode: str
-    duration: float
-    seeds: tuple[int, ...]
-    prompts: tuple[str, ...]  # the prompt (or what the audio was) of every batch row
-    regenerate: RegenerateRange | None = None
-    # Set on latents regenerated from input audio: the input's latents (as given, up to the soundtrack's length)
-    # and, per frame, 1 where generated and 0 where kept; the decoder splices the input's own decoding there.
-    original: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-
-    @property
-    def sample_rate(self) -> int:
-        return MODES[self.mode].sample_rate
 
 
 def check_pairing(network: MMAudioNetwork, conditions: EncodedConditions) -> SequenceLengths:
@@ -159,7 +139,7 @@ def sample_latents(network: Placed[MMAudioNetwork], conditions: EncodedCondition
         latents=latents, mode=net.config.mode, duration=plan.duration,
         seeds=tuple(settings.seed + k for _ in labels for k in range(samples)),
         prompts=tuple(label for label in labels for _ in range(samples)),
-        original=source.latents[:, :total].cpu() if kept else None, mask=start.mask.cpu() if kept else None,
+        original=start.original.cpu() if kept else None, mask=start.mask.cpu() if kept else None,
     )
 
 

@@ -39,6 +39,7 @@ from .reading import (
     VideoInfo,
     iter_video_frames,
     probe_video,
+    read_audio,
     read_video_frames,
 )
 from .sources import MediaSource, as_frame_rate
@@ -75,6 +76,7 @@ __all__ = [
     "mux_audio_into_video",
     "numbered_paths",
     "probe_video",
+    "read_audio",
     "read_video_frames",
     "resolve_output_paths",
     "same_file",

@@ -342,3 +342,42 @@ def read_video_frames(source: MediaSource, *, max_duration: float | None = None)
         time_base=info.time_base,
         fps=info.fps,
     )
+
+
+def read_audio(source: MediaSource, *, max_duration: float | None = None) -> tuple[torch.Tensor, int]:
+    """The first audio stream of a file (an audio file, or a video's soundtrack) as float32 [channels, samples]
+    at its own sample rate, decoded whole (or its first ``max_duration`` seconds)."""
+    limit = _check_max_duration(max_duration)
+    with open_media(source, "audio") as container:
+        if not container.streams.audio:
+            raise InvalidInputError(f"{describe(source)} has no audio stream")
+        stream = container.streams.audio[0]
+        rate = int(stream.rate or stream.codec_context.sample_rate or 0)
+        if rate <= 0:
+            raise InvalidInputError(f"the audio of {describe(source)} has no sample rate")
+        pieces: list[np.ndarray] = []
+        kept = 0
+        try:
+            for frame in container.decode(stream):
+                data = frame.to_ndarray()
+                if not frame.format.is_planar:  # interleaved [1, samples * channels]
+                    data = data.reshape(-1, len(frame.layout.channels)).T
+                pieces.append(data.astype(np.float32, copy=False) if data.dtype.kind == "f"
+                              else _int_to_float(data))
+                kept += data.shape[1]
+                if limit is not None and kept >= limit * rate:
+                    break
+        except av.FFmpegError as exc:
+            raise InvalidInputError(f"cannot decode the audio of {describe(source)}: {exc}") from exc
+    if not pieces:
+        raise InvalidInputError(f"the audio stream of {describe(source)} holds no samples")
+    samples = np.concatenate(pieces, axis=1)
+    if limit is not None:
+        samples = samples[:, : math.ceil(limit * rate)]
+    return torch.from_numpy(np.ascontiguousarray(samples)), rate
+
+
+def _int_to_float(data: np.ndarray) -> np.ndarray:
+    """Integer PCM to float32 in [-1, 1)."""
+    scale = float(np.iinfo(data.dtype).max) + 1.0
+    return (data.astype(np.float32) / scale).astype(np.float32)

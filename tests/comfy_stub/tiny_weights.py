@@ -75,11 +75,11 @@ def write_network(path: Path, *, clip_dim: int, text_dim: int, seed: int = 1) ->
 
 
 def write_vae(path: Path, seed: int = 2) -> None:
-    """A decode-only 16 kHz VAE of width 16."""
+    """A 16 kHz VAE of width 16, with its encoder (audio in)."""
     from mmaudio.vae import VAE, VAEConfig
 
     torch.manual_seed(seed)
-    vae = VAE(VAEConfig(data_dim=80, embed_dim=20, hidden_dim=16), with_encoder=False)
+    vae = VAE(VAEConfig(data_dim=80, embed_dim=20, hidden_dim=16), with_encoder=True)
     save_file({k: v.detach().clone().contiguous() for k, v in vae.state_dict().items()}, str(path))
 
 
