@@ -22,7 +22,10 @@ EXPECTED_NODES = {
     "MMAudioSyncDecoderLoader": ([], ["MMAUDIO_SYNC_DECODER"]),
     "MMAudioSyncEncodeConditions": (["MMAUDIO_SYNC_FEATURE_MODELS", "MMAUDIO_SYNC_NETWORK"],
                                     ["MMAUDIO_SYNC_CONDITIONS", "FLOAT"]),
-    "MMAudioSyncSampler": (["MMAUDIO_SYNC_NETWORK", "MMAUDIO_SYNC_CONDITIONS"], ["MMAUDIO_SYNC_LATENT"]),
+    "MMAudioSyncSampler": (["MMAUDIO_SYNC_NETWORK", "MMAUDIO_SYNC_CONDITIONS", "MMAUDIO_SYNC_LATENT"],
+                           ["MMAUDIO_SYNC_LATENT"]),
+    "MMAudioSyncEncodeAudio": (["MMAUDIO_SYNC_DECODER"], ["MMAUDIO_SYNC_LATENT", "FLOAT"]),
+    "MMAudioSyncRegenerateRange": (["MMAUDIO_SYNC_LATENT"], ["MMAUDIO_SYNC_LATENT"]),
     "MMAudioSyncDecode": (["MMAUDIO_SYNC_DECODER", "MMAUDIO_SYNC_LATENT"], ["AUDIO"]),
     "MMAudioSyncCompileNetwork": (["MMAUDIO_SYNC_NETWORK"], ["MMAUDIO_SYNC_NETWORK"]),
 }

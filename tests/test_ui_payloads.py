@@ -296,3 +296,18 @@ def test_js_peaks_match_the_python_payload(length, columns):
     assert js["min"] == pytest.approx([p[0] for p in python["peaks"]], abs=1e-4)
     assert js["max"] == pytest.approx([p[1] for p in python["peaks"]], abs=1e-4)
     assert js["rms"] == pytest.approx(python["rms"], abs=1e-4)
+
+
+def test_a_windowed_soundtrack_sends_its_window_plan():
+    from mmaudio.engine.windows import plan_windows
+
+    plan = plan_windows(30.0, "44k")
+    conditions = SimpleNamespace(duration=plan.duration, clip_seq_len=64, sync_seq_len=192, source="video",
+                                 windows=plan, requested_duration=None, clip=None)
+    entry = up.conditions_timing_payload(conditions)[up.TIMING_KEY][0]
+    assert len(entry["windows"]) == plan.num_windows >= 4
+    assert entry["windows"][0] == [0.0, 8.0] and entry["windows"][-1][1] == pytest.approx(30.0, abs=0.03)
+    assert entry["clip_frames"] == 64 * plan.num_windows and entry["segments"] == 24 * plan.num_windows
+    one_pass = SimpleNamespace(duration=8.0, clip_seq_len=64, sync_seq_len=192, source="video",
+                               windows=plan_windows(8.0, "44k"))
+    assert "windows" not in up.conditions_timing_payload(one_pass)[up.TIMING_KEY][0]

@@ -40,7 +40,8 @@ from .workflow_api import (
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 SNAPSHOT_PATH = REPO_ROOT / "tests" / "core_node_schemas.json"
-WORKFLOW_NAMES = ("video_to_audio", "text_to_audio", "image_to_audio", "wan_text_to_video_to_audio")
+WORKFLOW_NAMES = ("video_to_audio", "text_to_audio", "image_to_audio", "wan_text_to_video_to_audio",
+                  "regenerate_one_second")
 OUR_PREFIX = "MMAudioSync"
 # ComfyUI 0.3.64 app/custom_node_manager.py: the folders of a pack that the template browser lists (and serves).
 TEMPLATE_FOLDER_NAMES = ("example_workflows", "example", "examples", "workflow", "workflows")
@@ -207,7 +208,7 @@ def test_our_widget_layouts(pack_schemas):
         return [(s.name, s.role) for s in widget_slots(pack_schemas[node_type])]
 
     assert layout("MMAudioSyncSampler") == [("seed", "value"), ("seed", "control"), ("steps", "value"),
-                                            ("cfg", "value"), ("samples", "value")]
+                                            ("cfg", "value"), ("samples", "value"), ("denoise", "value")]
     # required widgets first, then the optional fps (the frontend follows input_order section by section)
     assert layout("MMAudioSyncEncodeConditions") == [("prompt", "value"), ("negative_prompt", "value"),
                                                      ("duration", "value"), ("mask_away_clip", "value"),
@@ -362,7 +363,7 @@ def test_reference_settings(workflow, schemas):
     assert (sampler["steps"], sampler["cfg"], sampler["samples"]) == (25, 4.5, 1)
     (encode,) = _widgets_by_type(data, schemas, "MMAudioSyncEncodeConditions")
     assert encode["mask_away_clip"] is False
-    if name in ("video_to_audio", "wan_text_to_video_to_audio"):
+    if name in ("video_to_audio", "wan_text_to_video_to_audio", "regenerate_one_second"):
         assert encode["duration"] == 0.0, "a clip's sound lasts as long as the clip"
     else:
         assert encode["duration"] == 8.0, "no clip: the training duration"
@@ -470,6 +471,24 @@ EXPECTED_EDGES = {
         ("MMAudioSyncDecode", "audio", "CreateVideo", "audio"),
         ("CreateVideo", "VIDEO", "SaveVideo", "video"),
     },
+    "regenerate_one_second": {
+        ("LoadVideo", "VIDEO", "MMAudioSyncEncodeConditions", "video"),
+        ("LoadVideo", "VIDEO", "GetVideoComponents", "video"),
+        ("MMAudioSyncFeatureModelsLoader", "feature_models", "MMAudioSyncEncodeConditions", "feature_models"),
+        ("MMAudioSyncNetworkLoader", "network", "MMAudioSyncEncodeConditions", "network"),
+        ("MMAudioSyncNetworkLoader", "network", "MMAudioSyncSampler", "network"),
+        ("MMAudioSyncEncodeConditions", "conditions", "MMAudioSyncSampler", "conditions"),
+        ("MMAudioSyncDecoderLoader", "decoder", "MMAudioSyncEncodeAudio", "decoder"),
+        ("GetVideoComponents", "audio", "MMAudioSyncEncodeAudio", "audio"),
+        ("MMAudioSyncEncodeAudio", "latents", "MMAudioSyncRegenerateRange", "latents"),
+        ("MMAudioSyncRegenerateRange", "latents", "MMAudioSyncSampler", "latents"),
+        ("MMAudioSyncDecoderLoader", "decoder", "MMAudioSyncDecode", "decoder"),
+        ("MMAudioSyncSampler", "latents", "MMAudioSyncDecode", "latents"),
+        ("MMAudioSyncDecode", "audio", "MMAudioSyncMuxVideo", "audio"),
+        ("LoadVideo", "VIDEO", "MMAudioSyncMuxVideo", "video"),
+        ("MMAudioSyncMuxVideo", "video", "SaveVideo", "video"),
+        ("MMAudioSyncDecode", "audio", "PreviewAudio", "audio"),
+    },
 }
 
 
@@ -485,10 +504,12 @@ def test_visual_inputs_per_workflow(workflow, schemas):
     name, data = workflow
     prompt = ui_to_api(data, schemas)
     (encode,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "MMAudioSyncEncodeConditions"]
-    if name == "video_to_audio":
+    if name in ("video_to_audio", "regenerate_one_second"):
         assert prompt[encode["video"][0]]["class_type"] == "LoadVideo"
         assert "images" not in encode and encode["fps"] == 0.0  # fps is for IMAGE frames only
-        assert "GetVideoComponents" not in {n["class_type"] for n in prompt.values()}, "holds the clip in RAM"
+        uses = [(n["class_type"], n["inputs"]) for n in prompt.values()]
+        frames_read = [i for t, i in uses if t == "MMAudioSyncEncodeConditions" and "images" in i]
+        assert not frames_read, "frames come from the VIDEO, streamed: Get Video Components would hold them in RAM"
         return
     assert "video" not in encode
     if name == "text_to_audio":

@@ -91,7 +91,7 @@ def _generation(first_id: int, x: float, y: float, encode: dict[str, Any]) -> li
         Node(first_id, "MMAudioSyncEncodeConditions", (x, y), defaults | encode, width=360, extra_height=40),
         Node(first_id + 1, "MMAudioSyncSampler", (x + 400, y),
              {"seed": SEED, "seed:control": "fixed", "steps": 25, "cfg": 4.5, "samples": 1}),
-        Node(first_id + 2, "MMAudioSyncDecode", (x + 400, y + 270)),
+        Node(first_id + 2, "MMAudioSyncDecode", (x + 400, y + 340)),
     ]
 
 
@@ -263,7 +263,55 @@ Wan files (Comfy-Org/Wan_2.1_ComfyUI_repackaged): `wan2.1_t2v_1.3B_fp16.safetens
     ],
 )
 
-GRAPHS = (VIDEO_TO_AUDIO, TEXT_TO_AUDIO, IMAGE_TO_AUDIO, WAN_TEXT_TO_VIDEO_TO_AUDIO)
+REGENERATE_ONE_SECOND = Graph(
+    "regenerate_one_second",
+    [
+        _note(f"""
+## MMAudio: regenerate one second of a soundtrack
+
+The video already has sound, and one second of it is wrong. **Get Video Components** hands its audio to
+*MMAudio Encode Audio*, which turns it into latents with the decoder's VAE. *MMAudio Regenerate Range* marks
+2 s to 3 s to be generated again; everything else is kept exactly (its sound is the input's own decoding,
+bit for bit), and the new second is generated to join it, with 0.1 s soft edges, in sync with the picture.
+
+- Set *end* to 0 to regenerate to the end: with a video longer than its soundtrack, that extends it.
+- Without *Regenerate Range*, lower the sampler's *denoise* for audio-to-audio over the whole clip (1: new
+  audio, 0: the input unchanged).
+{SAMPLER_NOTE}{FILES_NOTE}"""),
+        Node(2, "LoadVideo", (0, 0), {"file": "input_video.mp4"}, width=300, extra_height=240),
+        Node(3, "GetVideoComponents", (0, 420), width=300),
+        *_loaders(4, 340, 0),
+        *_generation(7, 740, 0, {}),
+        Node(10, "MMAudioSyncEncodeAudio", (740, 420), width=360),
+        Node(11, "MMAudioSyncRegenerateRange", (740, 560), {"start": 2.0, "end": 3.0, "fade": 0.1}, width=360),
+        Node(12, "MMAudioSyncMuxVideo", (1540, 0),
+             {"container": "auto", "audio_codec": "auto", "save_output": False, "filename_prefix": "MMAudio/video",
+              "fps": 24.0}, width=340),
+        Node(13, "SaveVideo", (1920, 0), {"filename_prefix": "video/MMAudio", "format": "auto", "codec": "auto"},
+             width=400, extra_height=300),
+        Node(14, "PreviewAudio", (1540, 300), width=340, extra_height=60),
+    ],
+    [
+        (2, "VIDEO", 7, "video"),
+        (2, "VIDEO", 3, "video"),
+        (5, 0, 7, "feature_models"),
+        (4, 0, 7, "network"),
+        (4, 0, 8, "network"),
+        (7, "conditions", 8, "conditions"),
+        (6, 0, 10, "decoder"),
+        (3, "audio", 10, "audio"),
+        (10, "latents", 11, "latents"),
+        (11, "latents", 8, "latents"),
+        (6, 0, 9, "decoder"),
+        (8, 0, 9, "latents"),
+        (9, "audio", 12, "audio"),
+        (2, "VIDEO", 12, "video"),
+        (12, "video", 13, "video"),
+        (9, "audio", 14, "audio"),
+    ],
+)
+
+GRAPHS = (VIDEO_TO_AUDIO, TEXT_TO_AUDIO, IMAGE_TO_AUDIO, WAN_TEXT_TO_VIDEO_TO_AUDIO, REGENERATE_ONE_SECOND)
 
 
 # ---- building -----------------------------------------------------------------------------------------------------

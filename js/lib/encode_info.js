@@ -44,10 +44,26 @@ function clipPrefix(source, numFrames, fps, clipLength, estimate) {
   return "clip";
 }
 
+const WINDOW_THRESHOLD_S = 10; // the backend's default: longer soundtracks run in overlapping windows
+const LISTED_WINDOWS = 6;
+
+function windowsText(windows) {
+  const starts = windows.slice(0, LISTED_WINDOWS).map(([start]) => trimNumber(Math.round(start * 100) / 100));
+  const more = windows.length > LISTED_WINDOWS ? ", …" : "";
+  const length = trimNumber(Math.round((windows[0][1] - windows[0][0]) * 100) / 100);
+  return `${windows.length} windows of ${length} s from ${starts.join(", ")}${more} s`;
+}
+
 function finish(prefix, t, { maskAwayClip, note, estimate }) {
   const parts = [`${prefix} → ${estimate ? "≈" : ""}${formatSeconds(t.duration)}`, ...countsText(t, maskAwayClip)];
   let level = LEVELS.ok;
   const notes = [];
+  if (Array.isArray(t.windows) && t.windows.length > 1) {
+    parts.push(windowsText(t.windows));
+    notes.push("each window is conditioned on its own part of the clip; overlaps are blended at every step");
+  } else if (!t.windows && t.duration > WINDOW_THRESHOLD_S) {
+    notes.push(`longer than ${WINDOW_THRESHOLD_S} s: runs in overlapping 8 s windows`);
+  }
   if (t.cut) {
     level = LEVELS.warn;
     parts.push(`cut from ${formatSeconds(t.requested)}`);

@@ -37,7 +37,8 @@ function bool(x) {
 /**
  * The last timing entry of a message, or null.
  * @returns {null | {source, numFrames, fps, timestamps, clipLength, requested, duration, clipFrames,
- *                   syncFrames, segments, cut, maskAwayClip}}
+ *                   syncFrames, segments, cut, maskAwayClip, windows}}  windows: [[start, end] s] of a long
+ *                   soundtrack made in windows (empty for one pass)
  */
 export function parseTiming(message) {
   const list = entries(message, TIMING_KEY);
@@ -60,9 +61,23 @@ export function parseTiming(message) {
       segments: int(e.segments, { min: 0 }) ?? 0,
       cut: bool(e.cut),
       maskAwayClip: bool(e.mask_away_clip),
+      windows: parseWindows(e.windows),
     };
   }
   return null;
+}
+
+const MAX_WINDOWS = 2000;
+
+function parseWindows(windows) {
+  if (!Array.isArray(windows)) return [];
+  const out = [];
+  for (const span of windows.slice(0, MAX_WINDOWS)) {
+    const start = Array.isArray(span) ? num(span[0], { min: 0 }) : null;
+    const end = Array.isArray(span) ? num(span[1], { min: 0 }) : null;
+    if (start !== null && end !== null && end > start) out.push([start, end]);
+  }
+  return out;
 }
 
 function parsePeaks(peaks) {

@@ -98,3 +98,21 @@ test("never throws", () => {
     assert.ok(["ok", "warn", "error"].includes(info.level));
   }
 });
+
+test("a long soundtrack shows its window plan", () => {
+  const windows = [[0, 8], [5.95, 13.95], [11.9, 19.9], [17.86, 25.86], [23.81, 31.81], [29.76, 37.76],
+    [35.71, 43.71], [41.66, 49.66], [42, 50]];
+  const timing = parseTiming({
+    mmaudio_timing: [{ source: "video", num_frames: 1200, fps: 24, clip_length: 50, duration: 50,
+      clip_frames: 9 * 64, sync_frames: 9 * 200, segments: 9 * 24, windows }],
+  });
+  assert.deepEqual(timing.windows, windows);
+  const info = describeEncode({ duration: 0, links: { images: false, video: true }, timing });
+  assert.match(info.text, /9 windows of 8 s from 0, 5\.95, 11\.9, 17\.86, 23\.81, 29\.76, … s/);
+  assert.ok(info.notes.some((n) => /own part of the clip/.test(n)));
+  const shortRun = payloadFor(120, 24, 0);
+  assert.deepEqual(shortRun.windows, []);
+  assert.doesNotMatch(describeEncode({ duration: 0, links: IMAGES, timing: shortRun }).text, /windows/);
+  const estimated = describeEncode({ duration: 30, links: NOTHING });
+  assert.ok(estimated.notes.some((n) => /overlapping 8 s windows/.test(n)));
+});

@@ -23,7 +23,7 @@ test("a timing entry", () => {
   });
   assert.deepEqual(t, { source: "video", numFrames: 240, fps: 24, timestamps: false, clipLength: 10,
     requested: 12, duration: 9.96, clipFrames: 79, syncFrames: 249, segments: 30, cut: true,
-    maskAwayClip: false });
+    maskAwayClip: false, windows: [] });
 });
 
 test("timing entries: bad fields become null or 0, the last valid entry wins", () => {
@@ -64,4 +64,11 @@ test("waveform entries", () => {
 test("entry count is capped", () => {
   const many = { [WAVEFORM_KEY]: Array.from({ length: 200 }, () => ({ peaks: [[0, 0]] })) };
   assert.equal(parseWaveforms(many).length, MAX_ENTRIES);
+});
+
+test("window spans are kept only when they make sense", () => {
+  const t = parseTiming({ mmaudio_timing: [{ duration: 20, windows: [[0, 8], [6, 14], [12, 20], [5, 3], "x",
+    [Number.NaN, 2], [1]] }] });
+  assert.deepEqual(t.windows, [[0, 8], [6, 14], [12, 20]]);
+  assert.deepEqual(parseTiming({ mmaudio_timing: [{ duration: 4 }] }).windows, []);
 });
