@@ -121,14 +121,17 @@ def randomize_(module: nn.Module, seed: int) -> nn.Module:
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     for name, param in module.named_parameters():
-        values = torch.empty(param.shape, dtype=torch.float32)
+        # Drawn in place where the parameter is a float32 CPU tensor (the same draws, without a second copy).
+        direct = param.dtype == torch.float32 and param.device.type == "cpu" and param.is_contiguous()
+        values = param if direct else torch.empty(param.shape, dtype=torch.float32)
         if param.ndim >= 2:
             values.normal_(0.0, param[0].numel() ** -0.5, generator=gen)
         elif param.ndim == 1 and name.endswith("weight"):
             values.normal_(1.0, 0.02, generator=gen)
         else:
             values.normal_(0.0, 0.02, generator=gen)
-        param.copy_(values)
+        if not direct:
+            param.copy_(values)
     return module
 
 

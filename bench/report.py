@@ -92,7 +92,8 @@ def format_report(report: dict[str, Any]) -> str:
         track = f"{r.get('soundtrack_seconds', s['duration']):g} s" + (f", {windows} windows" if windows > 1 else "")
         rows.append([f"{r['variant']} {r['dtype']}", track, r.get("features", "-"), _secs(st.get("features")),
                      _secs(st.get("sampling"), "step_seconds"),
-                     "-" if fastest is None else f"{fastest * 1000:.1f} ms", _secs(st.get("sampling")),
+                     _secs({"fastest": {"median": fastest}}, "fastest") if fastest is not None else "-",
+                     _secs(st.get("sampling")),
                      _secs(st.get("decoding")), *([_secs(st.get("moves"))] if staged else []),
                      _secs(st.get("end_to_end"))])
     parts.append("Stages of the engine's generation (sampling includes the conditions projection; decoding is VAE "
