@@ -552,6 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.site is not None:
+        return check(args, args.site)
+    with tempfile.TemporaryDirectory(prefix="mmaudio-gpu-site-") as site:  # removed with what was installed
+        return check(args, Path(site))
+
+
+def check(args: argparse.Namespace, site: Path) -> int:
+    """The whole check (see the module docstring); the exit status of the command."""
     started = time.perf_counter()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -559,7 +567,6 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    site = args.site or Path(tempfile.mkdtemp(prefix="mmaudio-gpu-site-"))
     wheels = install_wheels(wheel_folder(args.wheels), site, log)
     packages = package_versions()
     log(f"packages: {packages}")
