@@ -182,7 +182,7 @@ def _gpu_targets(results: list[dict[str, Any]], canonical: bool) -> list[dict[st
         seconds = bf16["stages"]["end_to_end"]["seconds"]["median"]
         targets.append({"name": name, "seconds": seconds, "met": seconds <= GPU_END_TO_END_S,
                         "detail": f"{seconds:.3f} s on {torch.cuda.get_device_name(bf16['device'])} "
-                                  f"({_residency(bf16)})"})
+                                  f"({_residency(bf16)}; frame choice and resizing on the CPU)"})
 
     name = f"{GPU_VARIANT} sampling >= {GPU_SAMPLING_SPEEDUP:g}x the reference's speed on the same GPU"
     ratio = ((bf16 or {}).get("ratios") or {}).get("sampling_over_reference")

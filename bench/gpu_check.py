@@ -372,7 +372,8 @@ class Target:
 
 
 TARGETS = (
-    Target(f"{GPU_VARIANT} end to end, frames on the GPU to waveform, bf16, <= 0.5 s (all models resident)", "bf16",
+    Target(f"{GPU_VARIANT} end to end, frames to waveform with the models on the GPU, bf16, <= 0.5 s (all models "
+           "resident; frame choice and resizing of the IMAGE batch on the CPU, as ComfyUI holds it)", "bf16",
            "end_to_end_s", 0.5, "s"),
     Target(f"{GPU_VARIANT} peak GPU memory, bf16 weights, <= 4.5 GB (all models resident)", "bf16", "peak_bytes",
            4.5e9, "GB"),

@@ -392,18 +392,18 @@ def run_reference(work: Workload, settings: Settings, ref_net: torch.nn.Module, 
     recorder = RunRecorder(settings.device)
     features = _reference_features(work)
     parked = settings.device.type == "cuda"  # on a GPU it visits the device only for its own runs
-    with torch.inference_mode():
-        if parked:
-            ref_net.to(settings.device)
-        try:
+    if parked:
+        ref_net.to(settings.device)
+    try:
+        with torch.inference_mode():
             x1 = reference_sample(settings.reference, ref_net, work.x0.to(settings.device), features["clip_f"],
                                   features["sync_f"], features["text_f"], steps=steps, cfg=settings.cfg,
                                   dtype=dtype, recorder=recorder)
-        finally:
-            if parked:
-                ref_net.to("cpu")
-                torch.cuda.empty_cache()
-        latents = work.network.module.unnormalize(x1.float().cpu())
+            latents = work.network.module.unnormalize(x1.float().cpu())
+    finally:
+        if parked:
+            ref_net.to("cpu")
+            torch.cuda.empty_cache()
     return recorder.results(), latents
 
 
