@@ -82,7 +82,8 @@ class MMAudioSyncEncodeConditions(io.ComfyNode):
                 NetworkType.Input("network", optional=True,
                                   tooltip="Optional: the network you sample with. Soundtracks longer than 10 s are "
                                           "cut into windows on its latent grid; without it, on the 44.1 kHz grid "
-                                          "(every variant but small_16k)."),
+                                          "(every variant but small_16k), and a 16 kHz network moves them to its "
+                                          "own grid (within 16 ms)."),
             ],
             outputs=[
                 ConditionsType.Output(display_name="conditions",
@@ -139,7 +140,7 @@ class MMAudioSyncSampler(io.ComfyNode):
                                          "output): audio-to-audio with denoise below 1, and with MMAudio "
                                          "Regenerate Range only that range is generated again (or the part "
                                          "past the audio's end: extension)."),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="With input latents: how much of the way from noise is redone. 1: new "
                                        "audio (the same as without latents, for the same seed); 0: the input "
                                        "unchanged; in between: audio-to-audio, keeping more of the input the "

@@ -201,3 +201,28 @@ def test_audio_options_are_checked_before_anything_loads(models, tmp_path, capsy
     err = capsys.readouterr().err
     assert message in err, err
     assert not out.exists()
+
+
+def test_a_three_minute_video_gets_a_three_minute_soundtrack(models, tmp_path, capsys) -> None:
+    """180 s of video: generated in 8 s windows, each conditioned on its own span, into one soundtrack."""
+    video = tmp_path / "three_minutes.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("mpeg4", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(180 * 12):
+            image = np.zeros((48, 64, 3), np.uint8)
+            image[:, (i * 2) % 64:(i * 2) % 64 + 6] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = tmp_path / "three_minutes.flac"
+    args = [a for a in _component_args(models) if a != "--quiet"]
+    code = main(["generate", "--video", str(video), "--prompt", "waves\n[1:30] a storm", "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "windows:" in err and "done: 1 file(s), 180 s" in err
+    with av.open(str(out)) as audio:
+        stream = audio.streams.audio[0]
+        samples = sum(frame.samples for frame in audio.decode(stream))
+    assert stream.rate == 16000 and samples == 180 * 16000

@@ -161,15 +161,15 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _write_clip(path: Path) -> None:
+def _write_clip(path: Path, frames: int = CLIP_FRAMES, fps: int = CLIP_FPS) -> None:
     """A small mp4 whose frames change over time (so CLIP/Synchformer see motion)."""
     import av
     import numpy as np
 
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=CLIP_FPS)
+        stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(CLIP_FRAMES):
+        for i in range(frames):
             image = np.zeros((48, 64, 3), dtype=np.uint8)
             image[:, (i * 3) % 64:(i * 3) % 64 + 8] = 255
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
@@ -408,3 +408,29 @@ def test_interrupt_mid_sampling_leaves_comfyui_ready(comfy):
     entry = comfy.wait(comfy.queue(after))
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
     assert len(entry["outputs"]["preview"]["audio"]) == 1
+
+
+def test_a_three_minute_video_gets_a_three_minute_soundtrack(comfy):
+    """180 s at 12 fps through the VIDEO input: 8 s windows, each on its own span of the clip, one soundtrack."""
+    _write_clip(comfy.input_dir / "three_minutes.mp4", frames=180 * 12, fps=12)
+    prompt = _loaders(comfy.models) | {
+        "load": {"class_type": "LoadVideo", "inputs": {"file": "three_minutes.mp4"}},
+        "enc": {"class_type": "MMAudioSyncEncodeConditions",
+                "inputs": {"feature_models": ["feat", 0], "video": ["load", 0], "network": ["net", 0],
+                           "prompt": "waves on a beach\n[1:30] a storm", "negative_prompt": "", "duration": 0.0,
+                           "mask_away_clip": False}},
+        "sample": {"class_type": "MMAudioSyncSampler",
+                   "inputs": {"network": ["net", 0], "conditions": ["enc", 0], "seed": 3, "steps": 2, "cfg": 4.5,
+                              "samples": 1}},
+        "decode": {"class_type": "MMAudioSyncDecode", "inputs": {"decoder": ["dec", 0], "latents": ["sample", 0]}},
+        "save": {"class_type": "SaveAudio", "inputs": {"audio": ["decode", 0], "filename_prefix": "mmaudio_e2e/long"}},
+    }
+    started = time.monotonic()
+    entry = comfy.wait(comfy.queue(prompt), timeout=1800)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + "\n" + comfy.tail()
+    timing = entry["outputs"]["enc"]["mmaudio_timing"][0]
+    assert timing["duration"] == pytest.approx(180.0, abs=0.1) and len(timing["windows"]) >= 22
+    (saved,) = entry["outputs"]["save"]["audio"]
+    rate, _, seconds = _audio_info(_view(comfy, saved), ".flac")
+    assert rate == 16000 and seconds == pytest.approx(timing["duration"], abs=1e-3)
+    print(f"three-minute video through ComfyUI: {time.monotonic() - started:.1f} s")

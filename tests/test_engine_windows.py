@@ -14,8 +14,8 @@ import torch
 from mmaudio import engine
 from mmaudio.engine.conditions import EncodedConditions
 from mmaudio.engine.prompts import parse_prompts
-from mmaudio.engine.windows import WindowPlan, WindowSettings, blend_weights, plan_windows
-from mmaudio.errors import IncompatibleComponentsError, InvalidInputError
+from mmaudio.engine.windows import WindowPlan, WindowSettings, blend_weights, on_grid_of, plan_windows
+from mmaudio.errors import InvalidInputError
 from mmaudio.model import MMAudioNetwork, NetworkConfig, SequenceLengths
 from mmaudio.modes import MODES
 from mmaudio.sampling import build_conditions, guided_velocity, initial_noise
@@ -192,11 +192,19 @@ def test_changing_one_window_changes_the_latents_only_within_reach(steps: int) -
         assert bool(differs[:plan.window_latents].all()) or int(differs[:plan.window_latents].sum()) > 200
 
 
-def test_windows_must_follow_the_networks_grid() -> None:
+def test_windows_planned_on_another_grid_move_to_the_networks() -> None:
+    """Conditions encoded without the network (44.1 kHz grid) sample with a 16 kHz network: every window moves to
+    the frame nearest its time, so its conditions are off by less than half a latent frame."""
+    plan = plan_windows(61.0, "44k")
+    moved = on_grid_of(plan, "16k")
+    assert moved.mode == "16k" and moved.num_windows == plan.num_windows
+    assert moved.total_latents == SequenceLengths.for_duration(61.0, "16k").latent_seq_len
+    assert moved.starts[-1] == moved.total_latents - 250
+    for k in range(plan.num_windows):
+        assert abs(moved.start_seconds(k) - plan.start_seconds(k)) <= 0.5 / MODES["16k"].latent_rate + 1e-9
     net = tiny_network()
-    plan = plan_windows(20.0, "44k")
-    with pytest.raises(IncompatibleComponentsError, match=r"44\.1 kHz latent grid.*16 kHz model"):
-        run(net, conditions_for(plan))
+    latents = run(net, conditions_for(plan_windows(20.0, "44k")))
+    assert latents.shape == (1, SequenceLengths.for_duration(20.0, "16k").latent_seq_len, net.latent_dim)
 
 
 def test_progress_counts_windows_times_steps_and_cancel_stops_within_a_step() -> None:

@@ -35,7 +35,8 @@ pytestmark = [
     pytest.mark.skipif(not COMFYUI_PATH, reason="COMFYUI_PATH is not set (path of a ComfyUI checkout)"),
 ]
 
-RUNNABLE = ("video_to_audio", "text_to_audio", "image_to_audio")
+RUNNABLE = ("video_to_audio", "text_to_audio", "image_to_audio", "regenerate_one_second")
+CLIP_WITH_SOUND = "clip_with_sound.mp4"
 TEST_STEPS = 2
 STILL_IMAGE = "mmaudio_still.png"
 # What decides widgets and their values. (Not "multiline": the stand-in's STRING input leaves it out of as_dict.)
@@ -50,6 +51,16 @@ def live_schemas(comfy: Comfy) -> dict[str, Any]:
 
 def _load(name: str) -> dict[str, Any]:
     return json.loads((WORKFLOWS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def _write_with_sound(video: Path, out: Path) -> None:
+    """``video`` with a 330 Hz tone as its soundtrack."""
+    import torch
+
+    from mmaudio import media
+
+    tone = torch.sin(torch.arange(48000) / 48000 * 2 * torch.pi * 330).unsqueeze(0) * 0.3
+    media.mux_audio_into_video(video, tone, 48000, out)
 
 
 def _write_still(path: Path) -> None:
@@ -159,6 +170,13 @@ def test_workflow_runs(name, comfy, live_schemas):
     if name == "image_to_audio":
         _write_still(comfy.input_dir / STILL_IMAGE)
     prompt = _for_test(ui_to_api(_load(name), live_schemas), comfy)
+    if name == "regenerate_one_second":  # the test clip lasts 0.8 s: regenerate 0.2-0.5 s of its soundtrack
+        _write_with_sound(comfy.input_dir / "clip.mp4", comfy.input_dir / CLIP_WITH_SOUND)
+        for node in prompt.values():
+            if node["class_type"] == "LoadVideo":
+                node["inputs"]["file"] = CLIP_WITH_SOUND
+            if node["class_type"] == "MMAudioSyncRegenerateRange":
+                node["inputs"].update(start=0.2, end=0.5, fade=0.05)
     assert check_api_prompt(prompt, live_schemas) == []
     entry = comfy.wait(comfy.queue(prompt))
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + "\n" + comfy.tail()
@@ -166,7 +184,7 @@ def test_workflow_runs(name, comfy, live_schemas):
     (encode_id,) = _ids(prompt, "MMAudioSyncEncodeConditions")
     requested = prompt[encode_id]["inputs"]["duration"]
 
-    if name == "video_to_audio":
+    if name in ("video_to_audio", "regenerate_one_second"):
         (save_id,), (preview_id,), (mux_id,) = (_ids(prompt, t) for t in ("SaveVideo", "PreviewAudio",
                                                                          "MMAudioSyncMuxVideo"))
         (video,) = outputs[save_id]["images"]

@@ -11,6 +11,8 @@ audio on any device and each prompt line gets the same noise.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +38,9 @@ from .audio import AudioStart, audio_start, check_source
 from .conditions import EncodedConditions
 from .latents import AudioLatents
 from .runtime import Placed, Runtime
-from .windows import blend_weights
+from .windows import blend_weights, on_grid_of
+
+log = logging.getLogger(__name__)
 
 MAX_SEED = 2**64 - 1
 WINDOWS_PER_FORWARD = 8  # windows of one row set evaluated in one batched forward
@@ -75,12 +79,6 @@ def check_pairing(network: MMAudioNetwork, conditions: EncodedConditions) -> Seq
     """The network's sequence lengths for one window of ``conditions``, or a clear error if they cannot pair."""
     mode = network.config.mode
     plan = conditions.windows
-    if not plan.is_single and plan.mode != mode:
-        raise IncompatibleComponentsError(
-            f"the conditions cut the {plan.duration:g} s soundtrack into windows on the {MODES[plan.mode].words} "
-            f"latent grid, but the network is a {MODES[mode].words} model; connect the network to MMAudio Encode "
-            "Conditions (its network input) so the windows follow the network's grid, and encode again"
-        )
     lengths = SequenceLengths.for_duration(plan.window_duration, mode)
     for name, features, length in (("clip", conditions.clip_features, lengths.clip_seq_len),
                                    ("sync", conditions.sync_features, lengths.sync_seq_len)):
@@ -106,7 +104,12 @@ def sample_latents(network: Placed[MMAudioNetwork], conditions: EncodedCondition
     latents (audio-to-audio, regenerating a range of them, extending them) when given (see ``audio.py``)."""
     net = network.module
     lengths = check_pairing(net, conditions)
-    plan = conditions.windows
+    plan = on_grid_of(conditions.windows, net.config.mode)
+    if plan is not conditions.windows:
+        log.info("MMAudio: the conditions' windows were planned on the %s latent grid; moved to the network's %s "
+                 "grid (each within half a latent frame). Connect the network to the encode node to plan them "
+                 "there exactly.", MODES[conditions.windows.mode].words, MODES[plan.mode].words)
+        conditions = dataclasses.replace(conditions, windows=plan)
     rows = conditions.num_rows * settings.samples
     total = lengths.latent_seq_len if plan.is_single else plan.total_latents
     if source is not None:

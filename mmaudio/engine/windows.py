@@ -108,6 +108,19 @@ def plan_windows(duration: float, mode: str, settings: WindowSettings | None = N
     return WindowPlan(duration=duration, mode=mode, total_latents=total, window_latents=window, starts=starts)
 
 
+def on_grid_of(plan: WindowPlan, mode: str) -> WindowPlan:
+    """``plan``'s windows moved to ``mode``'s latent grid: each starts at the frame nearest its time (within half
+    a latent frame: 16 ms at 16 kHz, 12 ms at 44.1 kHz, less than one 25 fps video frame), the last one ending
+    with the soundtrack. For conditions encoded without knowing the network's mode."""
+    if plan.is_single or plan.mode == mode:
+        return plan
+    window = SequenceLengths.for_duration(TRAINING_DURATION_S, mode).latent_seq_len
+    total = SequenceLengths.for_duration(plan.duration, mode).latent_seq_len
+    rate = MODES[mode].latent_rate
+    starts = tuple(min(total - window, max(0, round(plan.start_seconds(k) * rate))) for k in range(plan.num_windows))
+    return WindowPlan(duration=plan.duration, mode=mode, total_latents=total, window_latents=window, starts=starts)
+
+
 def blend_weights(plan: WindowPlan) -> torch.Tensor:
     """[windows, L] float32 weights: 1 where a window is alone, raised-cosine ramps over each overlap that sum
     to one with the neighbour's (so a region's blend is an average, and a window's own region is its own).
