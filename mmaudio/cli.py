@@ -10,7 +10,10 @@ Exit codes: 0 done, 2 a clear error (nothing written), 130 interrupted (nothing 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,16 +307,67 @@ def _report_duration(result, args: argparse.Namespace, progress: TextProgress) -
         progress.note(f"windows: {conditions.windows.describe()}")
 
 
+class _Interrupts:
+    """Notes a Ctrl-C before raising it as usual: a library interrupted half-way (PyTorch's loader, FFmpeg) can
+    turn it into another exception, which is then still reported as the interrupt it was."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous = None
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+
+class _WarningLines(logging.Handler):
+    """The library's warnings (a clip shorter than its header says, ...) as one line each on stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(f"warning: {record.getMessage()}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    library = logging.getLogger(__name__.rsplit(".", 1)[0])
+    lines = _WarningLines()
+    library.addHandler(lines)
     try:
-        written = generate(args)
-    except MMAudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
+        return _run(args)
+    finally:
+        library.removeHandler(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    with _Interrupts() as interrupts:
+        try:
+            written = generate(args)
+        except KeyboardInterrupt:
+            print("interrupted: nothing was written", file=sys.stderr)
+            return 130
+        except MMAudioError as exc:
+            if interrupts.seen:
+                print("interrupted: nothing was written", file=sys.stderr)
+                return 130
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except Exception:
+            if interrupts.seen:
+                print("interrupted: nothing was written", file=sys.stderr)
+                return 130
+            raise
     for path in written:
         print(path)
     return 0

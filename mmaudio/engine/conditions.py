@@ -228,9 +228,18 @@ def _encode_single_file(features: FeatureModels, extractor: FeatureExtractor, fi
                   "clip": 0 if mask_away_clip else max(1, int(frame_selection.CLIP_FPS * seconds)),
                   "sync": max(1, num_segments(int(frame_selection.SYNC_FPS * seconds))), "text": 1})
     prepared, times = file.prepare(progress=lambda d, t: runtime.progress("frames", d, t))
+    _warn_if_cut_short(file, prepared.plan.duration, int(times.numel()))
     clip_f, sync_f = _encode_prepared(features, extractor, prepared, mask_away_clip, runtime)
     summary = ClipSummary(num_frames=int(times.numel()), fps=None, frame_times=times)
     return clip_f, sync_f, _single(prepared.plan.duration), summary
+
+
+def _warn_if_cut_short(file: VideoFile, covered: float, frames: int) -> None:
+    """A file that decodes to much less than its header promises is damaged or truncated: say so."""
+    expected = file.expected_duration
+    if covered < 0.9 * expected - 0.5:
+        log.warning("the video decodes to %d frames covering %.2f s, but its header promises %.2f s: the file may "
+                    "be truncated or damaged; the soundtrack lasts %.2f s", frames, covered, expected, covered)
 
 
 def _single(seconds: float) -> WindowPlan:

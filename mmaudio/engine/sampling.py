@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import IncompatibleComponentsError, InvalidInputError
+from ..errors import IncompatibleComponentsError, InvalidInputError, MMAudioError
 from ..model import winograd
 from ..model.compiled import compiled_flow
 from ..model.network import MMAudioNetwork
@@ -133,6 +133,10 @@ def sample_latents(network: Placed[MMAudioNetwork], conditions: EncodedCondition
             else:
                 x1 = _sample_windows(network, conditions, settings, start, runtime)
             latents = net.unnormalize(x1.float()).cpu()
+        if not bool(torch.isfinite(latents).all()):
+            raise MMAudioError(
+                "the network produced NaN or infinite latents: its weights may be broken, or half precision "
+                "overflowed; load the network with precision fp32 (or bf16) and try again")
         if start.keep is not None:  # the kept frames are the input's, exactly
             latents = torch.where(start.keep.cpu()[None, :, None], start.source.cpu(), latents)
     samples = settings.samples

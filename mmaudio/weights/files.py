@@ -124,6 +124,12 @@ def load_component(
     identity = require_kind(path, kind)
     tensors = load_tensors(path, select=identity.owns)
     state_dict = {identity.canonical_name(k): v for k, v in tensors.items()}
+    integers = sorted(k for k, v in state_dict.items() if not (v.is_floating_point() or v.dtype == torch.bool))
+    if integers:  # every MMAudio weight is a float; integers mean a quantized or foreign file
+        raise WrongCheckpointError(
+            f"'{Path(path).name}' holds {len(integers)} integer tensor(s) (e.g. {integers[0]}: "
+            f"{state_dict[integers[0]].dtype}) where {KIND_NAMES[kind]} has float weights; a quantized or converted "
+            "file this pack cannot load. Full path: " + str(path))
     if dtype is not None:
         state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     return state_dict, identity
