@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--offload", action="store_true",
                      help="keep the models on the CPU between their stages: the GPU holds one stage's models at a "
                           "time (for small GPUs; costs the transfers)")
+    gen.add_argument("--lowvram", action="store_true",
+                     help="for 4-6 GB GPUs: like --offload, and the flow network's blocks stream to the GPU one at a "
+                          "time while it samples (transfers overlap the compute)")
     gen.add_argument("--compile", default="off", choices=["off", "compile", "cuda_graphs"],
                      help="torch.compile the flow network (a minute or more on first use; cuda_graphs: also capture "
                           "CUDA graphs). Falls back to the plain network if compiling fails")
@@ -221,6 +224,9 @@ def _resolve_files(args: argparse.Namespace, variant: str, progress: TextProgres
 def _request(args: argparse.Namespace, audio: tuple | None = None):  # -> GenerationRequest
     from .engine import GenerationRequest, RegenerateRange, SamplingSettings, check_request
 
+    if args.lowvram and args.compile != "off":
+        raise InvalidInputError("--lowvram streams the network's blocks while it runs, which a compiled network "
+                                "cannot follow; use one or the other")
     regenerate = None
     if args.regenerate is not None:
         start, end = args.regenerate
@@ -271,9 +277,9 @@ def generate(args: argparse.Namespace) -> list[Path]:
     request = _request(args, _read_input_audio(args, VARIANTS[variant].mode))
     try:
         files = _resolve_files(args, variant, progress)
-        models = engine.load_models(files, device=device, precision=args.precision, offload=args.offload,
-                                    progress=progress)
-        runtime = engine.DirectRuntime(device, offload=args.offload, progress=progress)
+        models = engine.load_models(files, device=device, precision=args.precision,
+                                    offload=args.offload or args.lowvram, progress=progress)
+        runtime = engine.DirectRuntime(device, offload=args.offload, stream_network=args.lowvram, progress=progress)
         result = engine.generate(models, source, request, runtime)
     finally:
         progress.close()

@@ -226,3 +226,25 @@ def test_a_three_minute_video_gets_a_three_minute_soundtrack(models, tmp_path, c
         stream = audio.streams.audio[0]
         samples = sum(frame.samples for frame in audio.decode(stream))
     assert stream.rate == 16000 and samples == 180 * 16000
+
+
+def test_low_vram_mode_streams_the_network_and_gives_the_same_audio(models, monkeypatch) -> None:
+    """On a CPU the block copies change nothing: the audio must be bit-identical, and the network must really
+    have been streamed (each block's weights swapped in while it ran)."""
+    from mmaudio import engine
+    from mmaudio.model import block_streaming
+
+    files = engine.ComponentFiles(**models)
+    plain = engine.generate(engine.load_models(files, device="cpu"), None, _request(), engine.DirectRuntime("cpu"))
+    streamed_models = engine.load_models(files, device="cpu", offload=True)
+    entered: list[int] = []
+    original = block_streaming.stream_blocks
+
+    def counting(network, device, **kwargs):
+        entered.append(len(block_streaming.streamed_blocks(network)))
+        return original(network, device, **kwargs)
+
+    monkeypatch.setattr("mmaudio.engine.runtime.stream_blocks", counting)
+    result = engine.generate(streamed_models, None, _request(), engine.DirectRuntime("cpu", stream_network=True))
+    assert entered == [len(block_streaming.streamed_blocks(streamed_models.network.module))] and entered[0] > 0
+    assert torch.equal(result.waveform, plain.waveform)

@@ -103,6 +103,8 @@ CASES = {
     "cfg": (lambda d, m: ["--prompt", "x", "--out", str(d / "a.wav"), "--cfg", "-1"], "cfg: expected"),
     "seed": (lambda d, m: ["--prompt", "x", "--out", str(d / "a.wav"), "--seed", str(2**64)], "seed: expected"),
     "duration": (lambda d, m: ["--prompt", "x", "--out", str(d / "a.wav"), "--duration", "5000"], "duration:"),
+    "lowvram with compile": (lambda d, m: ["--prompt", "x", "--out", str(d / "a.wav"), "--lowvram", "--compile",
+                                           "compile"], "--lowvram streams the network's blocks"),
     "fade": (lambda d, m: ["--prompt", "x", "--out", str(d / "a.wav"), "--audio", str(_tone(d / "t.wav")),
                            "--regenerate", "1", "1.1", "--fade", "0.5"], "fade: 0.5 s at each edge"),
 }

@@ -17,6 +17,9 @@ from typing import Any, Generic, Protocol, TypeVar
 import torch
 from torch import nn
 
+from ..model.block_streaming import stream_blocks
+from ..model.network import MMAudioNetwork
+
 M = TypeVar("M", bound=nn.Module)
 
 
@@ -48,12 +51,15 @@ class Runtime(Protocol):
 
 class DirectRuntime:
     """For one process that owns its device: models stay where they are, or with ``offload`` wait on the CPU and
-    visit the device only for their stage (the device then holds one stage's models at a time)."""
+    visit the device only for their stage (the device then holds one stage's models at a time). With
+    ``stream_network`` (low-VRAM mode, implies ``offload``) the flow network does not visit whole: its blocks are
+    brought to the device one at a time while it runs (``mmaudio.model.block_streaming``)."""
 
-    def __init__(self, device: torch.device | str = "cpu", *, offload: bool = False,
+    def __init__(self, device: torch.device | str = "cpu", *, offload: bool = False, stream_network: bool = False,
                  progress: Any = None) -> None:
         self.device = torch.device(device)
-        self.offload = offload
+        self.offload = offload or stream_network
+        self.stream_network = stream_network
         self._report = progress
 
     @contextlib.contextmanager
@@ -61,15 +67,21 @@ class DirectRuntime:
         if not self.offload:
             yield
             return
-        try:
-            for placed in models:
-                placed.module.to(placed.device)
-            yield
-        finally:  # also after an error or an interrupt: the next stage finds the device free
-            for placed in models:
-                placed.module.to("cpu")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+        streamed = [p for p in models if self.stream_network and isinstance(p.module, MMAudioNetwork)]
+        moved = [p for p in models if not any(p is s for s in streamed)]
+        with contextlib.ExitStack() as stack:
+            try:
+                for placed in moved:
+                    placed.module.to(placed.device)
+                for placed in streamed:
+                    stack.enter_context(stream_blocks(placed.module, placed.device))
+                yield
+            finally:  # also after an error or an interrupt: the next stage finds the device free
+                stack.close()
+                for placed in moved:
+                    placed.module.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
 
     def plan(self, units: Mapping[str, int]) -> None:
         return None
