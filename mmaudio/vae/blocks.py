@@ -54,14 +54,35 @@ class AttentionBlock(nn.Module):
         self.proj_out = mp_conv(ops, channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.project(x)
+        return self.combine(x, F.scaled_dot_product_attention(q, k, v))
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalized queries, keys and values of (B, C, L) input, each a (B, 1, L, C) view.
+
+        Every frame is projected and normalized on its own, so any stretch of frames can be projected apart.
+        """
         batch, channels, length = x.shape
         qkv = self.qkv(x).view(batch, 1, channels, 3, length)
         qkv = channel_normalize(qkv, dim=2)
         # (B, 1, C, L) each -> (B, 1, L, C) for attention over time.
         q, k, v = (t.transpose(-1, -2) for t in qkv.unbind(3))
-        h = F.scaled_dot_product_attention(q, k, v)
-        h = h.transpose(-1, -2).reshape(batch, channels, length)
+        return q, k, v
+
+    def combine(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Output projection of the attention result (B, 1, L, C) and the residual sum with the input (B, C, L)."""
+        batch, channels, length = x.shape
+        h = attended.transpose(-1, -2).reshape(batch, channels, length)
         return mp_sum(x, self.proj_out(h), RESIDUAL_T)
+
+    def attend(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, query_block: int) -> torch.Tensor:
+        """The block's output for the frames ``x`` (B, C, L) when the whole sequence has ``keys``/``values``
+        (B, 1, T, C): exact global attention with the queries taken ``query_block`` at a time, so the scores
+        need O(query_block · T) memory instead of O(L · T)."""
+        queries = self.project(x)[0]
+        parts = [F.scaled_dot_product_attention(queries[:, :, i : i + query_block], keys, values)
+                 for i in range(0, queries.shape[2], query_block)]
+        return self.combine(x, torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
 
 
 class Upsample(nn.Module):

@@ -104,13 +104,21 @@ class Encoder(nn.Module):
         self.learnable_gain = nn.Parameter(torch.zeros([]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.after_attention(self.mid.attn_1(self.before_attention(x)))
+
+    def before_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything up to the mid block's attention (convolutional: any stretch can be run with context)."""
         h = self.conv_in(x)
         for level in self.down:
             for block in level.block:
                 h = block(h).clamp(-self.clip_act, self.clip_act)
             if level.downsample is not None:
                 h = level.downsample(h)
-        h = self.mid(h).clamp(-self.clip_act, self.clip_act)
+        return self.mid.block_1(h)
+
+    def after_attention(self, h: torch.Tensor) -> torch.Tensor:
+        """Everything after the mid block's attention (convolutional)."""
+        h = self.mid.block_2(h).clamp(-self.clip_act, self.clip_act)
         return self.conv_out(mp_silu(h))
 
 
@@ -135,7 +143,15 @@ class Decoder(nn.Module):
         self.learnable_gain = nn.Parameter(torch.zeros([]))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z)).clamp(-self.clip_act, self.clip_act)
+        return self.after_attention(self.mid.attn_1(self.before_attention(z)))
+
+    def before_attention(self, z: torch.Tensor) -> torch.Tensor:
+        """conv_in and the mid block's first resnet (convolutional, at the latent rate)."""
+        return self.mid.block_1(self.conv_in(z))
+
+    def after_attention(self, h: torch.Tensor) -> torch.Tensor:
+        """Everything after the mid block's attention (convolutional): latent rate -> normalized mel."""
+        h = self.mid.block_2(h).clamp(-self.clip_act, self.clip_act)
         for level in reversed(self.up):
             for block in level.block:
                 h = block(h).clamp(-self.clip_act, self.clip_act)
@@ -174,26 +190,32 @@ class VAE(nn.Module):
     def num_mels(self) -> int:
         return self.config.data_dim
 
-    def _require_folded(self) -> None:
+    def require_folded(self) -> None:
+        """Raise unless the weights were normalized at load (the forwards assume it)."""
         if not self.weights_folded:
             raise RuntimeError("VAE weights are raw: load the checkpoint with load_vae() or call fold_weights()")
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent (B, embed_dim, T) -> mel (B, data_dim, 2T) in the data's log scale (unnormalized)."""
-        self._require_folded()
-        mel = self.decoder(z)
-        return mel * self.data_std.to(mel) + self.data_mean.to(mel)
-
-    def encode(self, mel: torch.Tensor) -> LatentDistribution:
-        """Mel (B, data_dim, T) -> the posterior over latents, (B, embed_dim, T // 2) layout."""
-        self._require_folded()
+    def require_encoder(self) -> Encoder:
+        """The encoder, or :class:`WrongCheckpointError` for a decoder-only checkpoint."""
+        self.require_folded()
         if self.encoder is None:
             raise WrongCheckpointError(
                 f"{self.source or 'this VAE checkpoint'} holds no encoder weights (decoder only), so it cannot "
                 "turn audio into latents; load the full v1-16.pth / v1-44.pth"
             )
+        return self.encoder
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent (B, embed_dim, T) -> mel (B, data_dim, 2T) in the data's log scale (unnormalized)."""
+        self.require_folded()
+        mel = self.decoder(z)
+        return mel * self.data_std.to(mel) + self.data_mean.to(mel)
+
+    def encode(self, mel: torch.Tensor) -> LatentDistribution:
+        """Mel (B, data_dim, T) -> the posterior over latents, (B, embed_dim, T // 2) layout."""
+        encoder = self.require_encoder()
         x = (mel - self.data_mean.to(mel)) / self.data_std.to(mel)
-        return LatentDistribution.from_moments(self.encoder(x), dim=1)
+        return LatentDistribution.from_moments(encoder(x), dim=1)
 
     @torch.no_grad()
     def fold_weights(self, dtype: torch.dtype | None = None) -> None:
