@@ -136,6 +136,39 @@ def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return np.concatenate([f.to_ndarray() for f in frames], axis=1).astype(np.float32, copy=False)
 
 
+def resampled_length(num_samples: int, rate_in: int, rate_out: int) -> int:
+    """Samples at ``rate_out`` that cover ``num_samples`` samples at ``rate_in``: ceil(N · out / in), so the
+    result lasts as long as the input (to within one output sample)."""
+    return -(-num_samples * rate_out // rate_in)
+
+
+def resample_band_limited(samples: np.ndarray, rate_in: int, rate_out: int, block: int = 1 << 18) -> np.ndarray:
+    """Planar float32 [C, T] (C = 1 or 2) at ``rate_out`` with FFmpeg's band-limited resampler, exactly
+    :func:`resampled_length` samples long and time-aligned (output sample k is at k / rate_out seconds).
+
+    Unlike :func:`resample`, the signal is taken to be silent after its end (zeros are fed before the flush),
+    so the tail and very short inputs come out whole. The input is fed in blocks of ``block`` samples: the
+    resampler keeps its state between them, so blocks only bound the copies made, not the result.
+    """
+    if rate_in == rate_out:
+        return samples
+    channels, length = samples.shape
+    layout = _layout(channels)
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate_out)
+    # Silence after the end: a few filter lengths of the slower side (the default filter has 32 taps there).
+    tail = np.zeros((channels, 64 * -(-rate_in // rate_out) + 64), dtype=np.float32)
+    pieces = [samples[:, i : i + block] for i in range(0, length, block)] + [tail]
+    frames: list[av.AudioFrame] = []
+    for piece in pieces:
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece, dtype=np.float32), format="fltp",
+                                           layout=layout)
+        frame.sample_rate = rate_in
+        frames.extend(resampler.resample(frame))
+    frames.extend(resampler.resample(None))
+    out = np.concatenate([f.to_ndarray() for f in frames], axis=1) if frames else np.zeros((channels, 0))
+    return fit_length(out.astype(np.float32, copy=False), resampled_length(length, rate_in, rate_out))
+
+
 def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
     """Trim or zero-pad [C, T] to exactly ``length`` samples."""
     if samples.shape[1] >= length:
