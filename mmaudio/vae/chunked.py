@@ -26,7 +26,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from .blocks import AttentionBlock, Downsample, ResnetBlock, Upsample
+from .blocks import AttentionBlock, ResnetBlock, Upsample
 from .distribution import LatentDistribution
 from .model import VAE, Decoder, Encoder
 
@@ -83,8 +83,9 @@ def upsample_reach(up: Upsample, coarse_rate: int) -> Reach:
     return Reach(Fraction(1, 2 * coarse_rate)) + same_conv_reach(up.conv, 2 * coarse_rate)
 
 
-def downsample_reach(down: Downsample, fine_rate: int) -> Reach:
-    """1x1 conv, pairs averaged (coarse frame j reads fine frames 2j and 2j + 1), 1x1 conv."""
+def downsample_reach(fine_rate: int) -> Reach:
+    """:class:`~.blocks.Downsample`: 1x1 conv, pairs averaged (coarse frame j reads fine frames 2j and 2j + 1),
+    1x1 conv."""
     return Reach(right=Fraction(1, fine_rate))
 
 
@@ -116,7 +117,7 @@ def encoder_reaches(encoder: Encoder) -> tuple[int, int]:
         for block in level.block:
             before = before + resnet_reach(block, rate)
         if level.downsample is not None:
-            before = before + downsample_reach(level.downsample, rate)
+            before = before + downsample_reach(rate)
             rate //= 2
     before = before + resnet_reach(encoder.mid.block_1, rate)
     after = resnet_reach(encoder.mid.block_2, rate) + same_conv_reach(encoder.conv_out, rate)
@@ -228,7 +229,7 @@ def keys_and_values(split: AttentionSplit, x: torch.Tensor, length: int, spans: 
             values = v.new_empty(batch, 1, channels, length)
         keys[..., span.start : span.stop] = k.transpose(-1, -2)
         values[..., span.start : span.stop] = v.transpose(-1, -2)
-        del h, k, v
+        del h, k, v  # freed before the next chunk allocates, so only one chunk is alive at a time
         steps.advance()
     assert keys is not None and values is not None
     return keys.transpose(-1, -2), values.transpose(-1, -2)
@@ -252,7 +253,7 @@ def run_in_chunks(split: AttentionSplit, x: torch.Tensor, length: int, chunk: in
         if out is None:
             out = y.new_empty(*y.shape[:-1], length * split.out_scale)
         out[..., span.start * split.out_scale : span.stop * split.out_scale] = y
-        del h, y
+        del h, y  # as above
         steps.advance()
     assert out is not None
     return out
