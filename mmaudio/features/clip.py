@@ -188,12 +188,13 @@ class ClipEncoder(nn.Module):
 
     def memory_for_images(self, batch: int) -> int:
         """Activation bytes of one image forward over ``batch`` frames (for a memory manager): the vision
-        transformer's tokens, a block's q/k/v, attention output and 4x MLP, plus the 384 px float32 input."""
+        transformer's tokens, a block's q/k/v, attention output and 4x MLP, plus the 384 px float32 input in its
+        four forms (moved, normalised, cast, and unfolded into patches)."""
         visual = self.model.visual
         width = int(visual.conv1.weight.shape[0])
         tokens = int(visual.positional_embedding.shape[0])
         itemsize = torch.empty((), dtype=self.dtype).element_size()
-        return int(batch * (tokens * width * 10 * itemsize + 3 * 384 * 384 * 4))
+        return int(batch * (tokens * width * 10 * itemsize + 4 * 3 * 384 * 384 * 4))
 
     def memory_for_text(self, prompts: int) -> int:
         """Activation bytes of one text forward over ``prompts`` prompts (77 tokens each)."""
