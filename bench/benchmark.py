@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--staged", action="store_true",
                    help="keep the models on the CPU and move each stage's models to the device for that stage "
                         "only (the peak then holds one stage's weights; the moves are timed)")
+    p.add_argument("--lowvram", action="store_true",
+                   help="like --staged, and the flow network streams its blocks to the device one at a time while it "
+                        "samples (the low-VRAM mode of the CLI's --lowvram)")
     p.add_argument("--no-fast-paths", action="store_true",
                    help="time our library with Winograd convolutions and distinct-row adaLN off (A/B)")
     p.add_argument("--quality-dtypes", default=None,
@@ -261,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         features=args.features, video_size=args.video_size, video_fps=args.video_fps,
         decoder_dtype_name=dtype_name(args.decoder_dtype), compile=args.compile, compile_mode=args.compile_mode,
         two_pass=not args.no_two_pass, quality=not args.no_quality, fast_paths=not args.no_fast_paths,
-        staged=args.staged,
+        staged=args.staged or args.lowvram,
+        lowvram=args.lowvram,
         quality_dtypes=tuple(dtype_name(d) for d in quality_dtypes.split(",") if d.strip()),
         quality_steps=args.quality_steps, log=log,
         reference_dtype_name=dtype_name(args.reference_dtype) if args.reference_dtype else None)

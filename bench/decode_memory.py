@@ -1,11 +1,15 @@
 """Peak memory and time of decoding (or encoding) long soundtracks with full-size random-weight models.
 
 Each duration runs in a fresh subprocess, so one run's allocations cannot hide another's. The worker builds the
-full-size VAE and vocoder of the mode (seeded random weights, as :mod:`bench.components` does), warms the
-kernels up on a short clip, then measures the decode of a latent of the requested length: peak resident memory
-above what was resident before (CPU; ``/proc/self/clear_refs`` resets the peak) or
-``torch.cuda.max_memory_allocated`` above what was allocated before (GPU), the wall time, and the model's own
-estimate (:meth:`AudioDecoder.decode_memory` / :meth:`AudioDecoder.encode_memory`).
+full-size VAE and vocoder of the mode (seeded random weights, as :mod:`bench.components` does), runs a short clip
+to start the libraries, hands freed memory back to the system, then measures the decode of a latent of the
+requested length: the wall and CPU time, and two peaks next to the model's own estimate
+(:meth:`AudioDecoder.decode_memory` / :meth:`AudioDecoder.encode_memory`):
+
+- allocated: the most bytes PyTorch had allocated at once (CPU: from the profiler's allocation events;
+  GPU: ``torch.cuda.max_memory_allocated`` above what was allocated before). This is what the estimate models.
+- RSS (CPU): peak resident memory above what was resident before (``/proc/self/clear_refs`` resets the peak).
+  It adds what the C allocator keeps after frees (fragmentation), often as much again.
 
     .venv/bin/python -m bench.decode_memory --mode 44k --minutes 1 3 10
     .venv/bin/python -m bench.decode_memory --mode 16k --minutes 1 --direction encode
@@ -25,6 +29,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +86,26 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+@contextlib.contextmanager
+def allocation_tracker(device: torch.device) -> Iterator[dict[str, int]]:
+    """On the CPU, the peak of bytes PyTorch allocated and had not freed inside the block (from the profiler's
+    allocation events: tensors and kernels' buffers, whatever the C allocator keeps cached), stored under
+    "peak" on exit. On CUDA the probe's max_memory_allocated already is that figure."""
+    result: dict[str, int] = {}
+    if device.type != "cpu":
+        yield result
+        return
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        yield result
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    result["peak"] = peak
+
+
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Measure one run in this (fresh) process."""
     device = torch.device(args.device)
@@ -110,19 +135,21 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         before = probe.current()
         probe.reset_peak()
         start, cpu_start = time.perf_counter(), time.process_time()
-        if args.direction == "decode":
-            out = decoder.decode(inputs, chunk_frames=args.chunk_frames)
-        else:
-            out = decoder.encode(inputs, chunk_frames=args.chunk_frames).mean
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        with allocation_tracker(device) as allocated:
+            if args.direction == "decode":
+                out = decoder.decode(inputs, chunk_frames=args.chunk_frames)
+            else:
+                out = decoder.encode(inputs, chunk_frames=args.chunk_frames).mean
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         peak = probe.peak()
     return {
         "mode": args.mode, "direction": args.direction, "minutes": args.minutes, "latent_frames": frames,
         "chunk_frames": chunk, "device": str(device), "threads": torch.get_num_threads(), "seconds": elapsed,
         "cpu_seconds": cpu, "load_average": list(os.getloadavg()),
-        "peak_growth_bytes": peak - before, "estimate_bytes": estimate, "memory": probe.describe(),
+        "peak_growth_bytes": peak - before, "peak_allocated_bytes": allocated.get("peak", peak - before),
+        "estimate_bytes": estimate, "memory": probe.describe(),
         "output_shape": list(out.shape),
     }
 
@@ -144,13 +171,13 @@ def spawn(args: argparse.Namespace, minutes: float) -> dict[str, Any]:
 
 def table(records: list[dict[str, Any]]) -> str:
     lines = [f"{'mode':>4} {'dir':>6} {'min':>5} {'frames':>7} {'chunk':>5} {'time s':>8} {'cpu s':>8} "
-             f"{'peak MiB':>9} {'estimate MiB':>12} {'peak/est':>8}"]
+             f"{'RSS MiB':>8} {'alloc MiB':>9} {'estimate MiB':>12} {'alloc/est':>9}"]
     for r in records:
-        ratio = r["peak_growth_bytes"] / r["estimate_bytes"]
+        ratio = r["peak_allocated_bytes"] / r["estimate_bytes"]
         lines.append(f"{r['mode']:>4} {r['direction']:>6} {r['minutes']:>5g} {r['latent_frames']:>7} "
                      f"{r['chunk_frames']:>5} {r['seconds']:>8.1f} {r['cpu_seconds']:>8.1f} "
-                     f"{r['peak_growth_bytes'] / MIB:>9.0f} "
-                     f"{r['estimate_bytes'] / MIB:>12.0f} {ratio:>8.2f}")
+                     f"{r['peak_growth_bytes'] / MIB:>8.0f} {r['peak_allocated_bytes'] / MIB:>9.0f} "
+                     f"{r['estimate_bytes'] / MIB:>12.0f} {ratio:>9.2f}")
     return "\n".join(lines)
 
 

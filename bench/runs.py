@@ -67,6 +67,7 @@ class Settings:
     reference_dtype_name: str | None = None  # the reference's weights dtype; None: the same as ours
     fast_paths: bool = True  # Winograd convolutions (CPU float32) and adaLN on distinct sync rows
     staged: bool = False  # models wait on the CPU; each stage moves its own to the device (timed as stages)
+    lowvram: bool = False  # with staged: the flow network streams its blocks to the device while it samples
     log: Callable[[str], None] = print
 
     @property
@@ -103,10 +104,11 @@ class BenchRuntime:
     - ``estimates``: the activation bytes the engine asked for, per stage (what a memory manager is told).
     """
 
-    def __init__(self, recorder: RunRecorder, *, steps: int, staged: bool = False) -> None:
+    def __init__(self, recorder: RunRecorder, *, steps: int, staged: bool = False, lowvram: bool = False) -> None:
         self.recorder = recorder
         self.steps = steps
-        self.staged = staged
+        self.staged = staged or lowvram
+        self.lowvram = lowvram  # the flow network streams its blocks (engine.DirectRuntime(stream_network=True))
         self.estimates: dict[str, int] = {}
         self.units: dict[str, int] = {}
         self._frames: StageRecord | None = None
@@ -115,13 +117,18 @@ class BenchRuntime:
     def stage(self, name: str, models: Sequence[Any], memory_required: int = 0) -> Iterator[None]:
         self.close()
         self.estimates[name] = max(self.estimates.get(name, 0), int(memory_required))
-        moved = list(models) if self.staged else []
+        streaming = library_module("model.block_streaming")
+        network_type = library_module("model.network").MMAudioNetwork
+        streamed = [p for p in models if self.lowvram and isinstance(p.module, network_type)]
+        moved = [p for p in models if self.staged and not any(p is s for s in streamed)]
         if moved:
             with self.recorder.stage(f"load_{name}"):
                 for placed in moved:
                     placed.module.to(placed.device)
         try:
-            with self.recorder.stage(name):
+            with self.recorder.stage(name), contextlib.ExitStack() as stack:
+                for placed in streamed:  # its transfers overlap its compute: timed as part of the stage
+                    stack.enter_context(streaming.stream_blocks(placed.module, placed.device))
                 yield
         finally:
             if moved:
@@ -302,7 +309,8 @@ def run_engine(work: Workload, settings: Settings, *, steps: int, conditions: An
     conditions are handed to its sampling stage). ``network``: another placed network (not staged)."""
     engine = library_module("engine")
     recorder = RunRecorder(settings.device)
-    runtime = BenchRuntime(recorder, steps=steps, staged=settings.staged and network is None)
+    runtime = BenchRuntime(recorder, steps=steps, staged=settings.staged and network is None,
+                           lowvram=settings.lowvram and network is None)
     sampling_settings = engine.SamplingSettings(seed=settings.seed, steps=steps, cfg=settings.cfg,
                                                 samples=settings.batch, compile=settings.compile_name)
     wave = None
@@ -529,6 +537,7 @@ def measure_variant(name: str, settings: Settings) -> dict[str, Any]:
         "features": settings.features,
         "batch": settings.batch,
         "staged": settings.staged,
+        "lowvram": settings.lowvram,
         "soundtrack_seconds": plan.duration,
         "windows": {"count": plan.num_windows, "plan": plan.describe(), "window_latents": lengths.latent_seq_len,
                     "total_latents": plan.total_latents if not plan.is_single else lengths.latent_seq_len},
