@@ -1,8 +1,8 @@
 """Helpers the VAE and vocoder loaders share to check a state dict and explain a wrong one.
 
 A user who picks the wrong file in a dropdown should read what the file actually is ("a BigVGAN vocoder",
-"an MMAudio flow network"), not a PyTorch key dump. The description comes from the weights layer
-(``mmaudio.weights.identify.describe_checkpoint``) when it is available.
+"an MMAudio flow network"), not a PyTorch key dump. The description comes from the one checkpoint detector
+(``mmaudio.weights.identify.describe_checkpoint``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import WrongCheckpointError
+from ..weights.identify import describe_checkpoint
 
 Shape = tuple[int, ...]
 
@@ -22,28 +23,11 @@ def tensor_shapes(state_dict: Mapping[str, Any]) -> dict[str, Shape]:
     return {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
 
 
-def _fallback_description(shapes: Mapping[str, Shape]) -> str:
-    if not shapes:
-        return "no tensors at all"
-    prefixes: dict[str, int] = {}
-    for key in shapes:
-        head = key.split(".", 1)[0]
-        prefixes[head] = prefixes.get(head, 0) + 1
-    top = ", ".join(f"{p}.* ({n})" for p, n in sorted(prefixes.items(), key=lambda kv: -kv[1])[:5])
-    first = next(iter(sorted(shapes)))
-    return f"{len(shapes)} tensors under {top}; e.g. {first!r} {list(shapes[first])}"
-
-
 def describe_contents(state_dict: Mapping[str, Any]) -> str:
     """A short human description of what a state dict holds."""
     shapes = tensor_shapes(state_dict)
     non_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
-    try:
-        from ..weights.identify import describe_checkpoint  # lazy: the weights layer is optional here
-
-        text = str(describe_checkpoint(shapes))
-    except Exception:  # any failure of the optional describer falls back to key names
-        text = _fallback_description(shapes)
+    text = describe_checkpoint(shapes) if shapes else "no tensors at all"
     if non_tensors:
         text += f" (plus non-tensor entries {non_tensors[:5]})"
     return text
