@@ -19,15 +19,17 @@ from torch.profiler import ProfilerActivity, profile
 
 from mmaudio.decoder import DEFAULT_CHUNK_FRAMES, AudioDecoder
 from mmaudio.errors import InvalidInputError
-from mmaudio.vae import VAE, VAEConfig
+from mmaudio.vae import VAE, VAEConfig, load_vae
 from mmaudio.vae.chunked import AttentionSplit, split_evenly
-from mmaudio.vocoder import BigVGAN, BigVGANConfig
+from mmaudio.vocoder import BigVGAN, BigVGANConfig, load_vocoder
 from mmaudio.vocoder import chunked as vocoder_chunked
 from mmaudio.vocoder.chunked import vocoder_context_frames, vocoder_reach
 from tests.test_decoder import make_decoder
+from tests.test_vae import TINY, random_vae_state_dict
+from tests.test_vocoder import random_vocoder_checkpoint
 
-LATENT_FRAMES = 50
-CHUNKS = (12, 17, 25)  # none divides 50; 25 gives two chunks, 12 gives five
+LATENT_FRAMES = 36
+CHUNKS = (10, 17, 25)  # none divides 36: four, three and two chunks
 
 
 @pytest.fixture(scope="module", params=["16k", "44k"])
@@ -244,15 +246,26 @@ def measured_peak(fn: Callable[[], object]) -> int:
     return peak
 
 
+@pytest.fixture(scope="module")
+def wide_decoder() -> AudioDecoder:
+    """A 44.1 kHz decoder whose vocoder has a third of the published width: every stage keeps enough channels
+    for the CPU kernels to store them unpadded, as at full size (the 64-wide test vocoder's 1-channel stage is
+    padded several-fold, which the estimate does not model), and it still runs in seconds."""
+    vae = load_vae(random_vae_state_dict(TINY["44k"], seed=7))
+    vocoder = load_vocoder(random_vocoder_checkpoint(BigVGANConfig.for_mode("44k").with_width(512), seed=7))
+    return AudioDecoder(vae, vocoder)
+
+
 @pytest.mark.filterwarnings("ignore:Warning. Profiler clears events")
-@pytest.mark.parametrize(("frames", "chunk"), [(40, 64), (150, 30)])
-def test_decode_memory_estimate_matches_the_measured_peak(frames: int, chunk: int) -> None:
-    """Whole path and chunked path, 44.1 kHz tiny decoder: measured/estimate within [0.5, 2].
+@pytest.mark.parametrize(("frames", "chunk"), [(16, 64), (48, 16)])
+def test_decode_memory_estimate_matches_the_measured_peak(wide_decoder: AudioDecoder, frames: int,
+                                                          chunk: int) -> None:
+    """Whole path and chunked path: measured/estimate within [0.5, 2].
 
     The measurement counts what PyTorch allocates (tensors and kernel buffers), not the process's resident set,
     whose growth on a run this small is dominated by the allocator's caching and one-time kernel setup
-    (bench/decode_memory.py compares the estimate with resident memory at full size)."""
-    decoder = make_decoder("44k", seed=7)
+    (bench/decode_memory.py compares the estimate with both at full size)."""
+    decoder = wide_decoder
     latent = random_latent(decoder, frames, batch=1)
     with torch.inference_mode():
         decoder.decode(latent[:, :8], chunk_frames=chunk)  # one-time setup outside the measurement
@@ -274,5 +287,5 @@ def test_decode_memory_is_bounded_by_the_chunk(mode: str) -> None:
     chunked = decoder.decode_memory(ten_minutes)
     assert chunked < decoder.decode_memory(ten_minutes, chunk_frames=ten_minutes) / 20
     # What grows with the clip is only the waveform, mel, keys and values (and attention scores per key).
-    assert chunked - decoder.decode_memory(one_minute) < 2.5 * 2**30
+    assert chunked - decoder.decode_memory(one_minute) < 2**30
     assert decoder.decode_memory(2, batch=2) > decoder.decode_memory(2)

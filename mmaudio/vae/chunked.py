@@ -33,9 +33,9 @@ from .model import VAE, Decoder, Encoder
 # Queries attended at once in the chunked attention: scores take QUERY_BLOCK · T values.
 QUERY_BLOCK = 256
 # Live activations at the peak of one chunk, in units of (attention width x frames of the chunk with context):
-# the chunk's input, its q/k/v before and after normalization, attention output and residual. Measured on the
-# CPU from the peak resident memory of whole runs at several lengths (bench/decode_memory.py): ~8 for the
-# decoder and ~9 for the encoder; 9 is used for both.
+# the chunk's input, its q/k/v before and after normalization, attention output and residual. With the rest of
+# :func:`run_memory` this gives 1.06-1.12x the peak PyTorch allocates for full-size decoders and encoders
+# (2000 latent frames in chunks of 512; bench/decode_memory.py measures whole runs).
 VAE_LIVE_UNITS = 9
 # Score matrices (query_block x T) alive at once inside the attention: q·kᵀ, its softmax, and a scaled copy.
 SCORE_COPIES = 3
@@ -136,9 +136,18 @@ class Span:
     def size(self) -> int:
         return self.stop - self.start
 
-    def widened(self, margin: int, length: int) -> Span:
-        """This span with ``margin`` frames of context each side, clipped to the sequence [0, length)."""
-        return Span(max(0, self.start - margin), min(length, self.stop + margin))
+    def widened(self, margin: int, length: int, size: int = 0) -> Span:
+        """This span with ``margin`` frames of context each side, clipped to the sequence [0, length), then grown
+        (after it, then before it) to ``size`` frames where the sequence allows.
+
+        Growing gives every chunk of a pass the same shape, so kernels are set up once, not per chunk; more
+        context than the reach leaves the span's own frames unchanged.
+        """
+        start, stop = max(0, self.start - margin), min(length, self.stop + margin)
+        missing = max(0, size - (stop - start))
+        stop = min(length, stop + missing)
+        start = max(0, stop - max(size, stop - start))
+        return Span(start, stop)
 
 
 def split_evenly(length: int, chunk: int) -> list[Span]:
@@ -171,14 +180,15 @@ class ChunkProgress:
 
 
 def run_cropped(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, span: Span, margin: int, length: int,
-                in_scale: int = 1, out_scale: int = 1) -> torch.Tensor:
+                in_scale: int = 1, out_scale: int = 1, size: int = 0) -> torch.Tensor:
     """``fn`` (a convolutional map whose reach is ``margin`` base frames) on ``span`` of a sequence of ``length``
-    base frames, computed from the span plus its context and cropped to the span.
+    base frames, computed from the span plus its context (at least ``size`` frames, see :meth:`Span.widened`)
+    and cropped to the span.
 
     ``x`` has ``in_scale`` frames per base frame (any tail beyond ``length · in_scale`` goes with the last
     chunk, as the whole sequence has it); the output has ``out_scale``.
     """
-    context = span.widened(margin, length)
+    context = span.widened(margin, length, size)
     stop = x.shape[-1] if context.stop == length else context.stop * in_scale
     y = fn(x[..., context.start * in_scale : stop])
     offset = span.start - context.start
@@ -220,8 +230,9 @@ def keys_and_values(split: AttentionSplit, x: torch.Tensor, length: int, spans: 
     """Pass 1: the attention's keys and values of every base frame, (B, 1, length, C) each (views of
     (B, 1, C, length) buffers, the layout the whole-sequence path has)."""
     keys = values = None
+    size = max(span.size for span in spans) + 2 * split.before_reach
     for span in spans:
-        h = run_cropped(split.before, x, span, split.before_reach, length, split.in_scale)
+        h = run_cropped(split.before, x, span, split.before_reach, length, split.in_scale, size=size)
         _, k, v = split.attention.project(h)
         if keys is None or values is None:
             batch, _, _, channels = k.shape
@@ -244,9 +255,11 @@ def run_in_chunks(split: AttentionSplit, x: torch.Tensor, length: int, chunk: in
     keys, values = keys_and_values(split, x, length, spans, steps)
 
     out = None
+    size = max(span.size for span in spans) + 2 * split.after_reach
     for span in spans:
-        context = span.widened(split.after_reach, length)
-        h = run_cropped(split.before, x, context, split.before_reach, length, split.in_scale)
+        context = span.widened(split.after_reach, length, size)
+        h = run_cropped(split.before, x, context, split.before_reach, length, split.in_scale,
+                        size=context.size + 2 * split.before_reach)
         y = split.after(split.attention.attend(h, keys, values, query_block))
         offset = span.start - context.start
         y = y[..., offset * split.out_scale : (offset + span.size) * split.out_scale]

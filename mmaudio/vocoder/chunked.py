@@ -32,10 +32,11 @@ from .antialias import AntiAliasedActivation, LowPassFilter1d, UpSample1d
 from .bigvgan import AMPBlock1, AMPBlock2, BigVGAN
 
 # Live activations at the vocoder's peak, in units of its widest activation (channels x samples of one stage;
-# see :func:`widest_activation`). Measured on the CPU from the peak resident memory of whole runs at several
-# lengths (bench/decode_memory.py): ~35. Most of it is the CPU convolution's unfolded input (kernel x channels
-# x samples for the kernel-11 dilated convs) and the anti-aliased activations at twice the rate.
-VOCODER_LIVE_UNITS = 36
+# see :func:`widest_activation`), besides the output and one weight copy. Measured from PyTorch's CPU allocations
+# (bench/decode_memory.py): 10.3 for the full-size 44.1 kHz vocoder (a 1-minute decode: 548 MB measured, 577 MB
+# estimated), 6.8-11.3 at widths 512-1536. Much narrower test models measure more (18 at width 256, 32 at 64):
+# their 1-4 channel stages are padded to the CPU kernels' channel blocks, which published widths barely are.
+VOCODER_LIVE_UNITS = 11
 
 
 def transposed_conv_reach(conv: nn.ConvTranspose1d, rate: int) -> Reach:
@@ -110,8 +111,9 @@ def vocode_in_chunks(vocoder: BigVGAN, mel: torch.Tensor, chunk: int,
     spans = split_evenly(frames, chunk)
     steps = ChunkProgress(progress, len(spans))
     out = torch.empty(mel.shape[0], 1, frames * hop, device=mel.device, dtype=torch.float32)
+    size = max(span.size for span in spans) + 2 * margin
     for span in spans:
-        out[..., span.start * hop : span.stop * hop] = run_cropped(vocoder, mel, span, margin, frames, 1, hop)
+        out[..., span.start * hop : span.stop * hop] = run_cropped(vocoder, mel, span, margin, frames, 1, hop, size)
         steps.advance()
     return out
 
