@@ -197,6 +197,14 @@ def test_vae_file_is_rejected_with_its_name() -> None:
     assert describe_contents(sd).rstrip(".") in str(info.value)
 
 
+def test_a_real_vae_file_is_named_as_a_vae() -> None:
+    from tests.test_vae import TINY, random_vae_state_dict
+
+    with pytest.raises(WrongCheckpointError, match=r"v1-16\.pth is not a BigVGAN vocoder.*\. What it holds: "
+                                                   r"MMAudio VAE, 16 kHz"):
+        load_vocoder(random_vae_state_dict(TINY["16k"]), source="v1-16.pth")
+
+
 def test_other_bigvgan_release_is_rejected() -> None:
     """An 80-band BigVGAN without conv_post bias (e.g. NVIDIA's 22 kHz v2) is not MMAudio's 16 kHz vocoder."""
     sd = random_vocoder_checkpoint(tiny_config("16k"))["generator"]

@@ -40,9 +40,9 @@ def wrong_checkpoint(
     but cannot be loaded (``detail`` says why: missing keys, wrong shapes, ...)."""
     contents = describe_contents(state_dict).strip().rstrip(".")
     if detail:
-        message = f"{source} cannot be loaded as {expected}: {detail.strip().rstrip('.')}. It contains {contents}."
+        message = f"{source} cannot be loaded as {expected}: {detail.strip().rstrip('.')}. What it holds: {contents}."
     else:
-        message = f"{source} is not {expected}: it contains {contents}."
+        message = f"{source} is not {expected}. What it holds: {contents}."
     return WrongCheckpointError(message)
 
 

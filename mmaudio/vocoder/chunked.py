@@ -33,7 +33,7 @@ from .bigvgan import AMPBlock1, AMPBlock2, BigVGAN
 
 # Live activations at the vocoder's peak, in units of its widest activation (channels x samples of one stage;
 # see :func:`widest_activation`), besides the output and one weight copy. Measured from PyTorch's CPU allocations
-# (bench/decode_memory.py): 10.3 for the full-size 44.1 kHz vocoder (a 1-minute decode: 548 MB measured, 577 MB
+# (bench/decode_memory.py): 10.3 for the full-size 44.1 kHz vocoder (a 1-minute decode: 548 MB measured, 579 MB
 # estimated), 6.8-11.3 at widths 512-1536. Much narrower test models measure more (18 at width 256, 32 at 64):
 # their 1-4 channel stages are padded to the CPU kernels' channel blocks, which published widths barely are.
 VOCODER_LIVE_UNITS = 11
