@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the models on the CPU and move each stage's models to the device for that stage "
                         "only (the peak then holds one stage's weights; the moves are timed)")
     p.add_argument("--lowvram", action="store_true",
-                   help="like --staged, and the flow network streams its blocks to the device one at a time while it "
-                        "samples (the low-VRAM mode of the CLI's --lowvram)")
+                   help="like --staged, and the flow network and CLIP stream their blocks to the device one at a time "
+                        "while they run (the low-VRAM mode of the CLI's --lowvram)")
     p.add_argument("--no-fast-paths", action="store_true",
                    help="time our library with Winograd convolutions and distinct-row adaLN off (A/B)")
     p.add_argument("--quality-dtypes", default=None,

@@ -18,7 +18,7 @@ What it does, in order:
    rows): large_44k_v2, 8 s, 25 steps, from a synthetic IMAGE batch to the waveform with bf16 weights (with the
    reference's sampling when ``--reference`` is given), with fp8 weights, each staged (one stage's models on the
    GPU at a time), batch 8, the five variants for context, and a 60 s text-only soundtrack (windows). The
-   low-VRAM row runs the benchmark's ``--lowvram`` (the runtime streams the network block by block,
+   low-VRAM row runs the benchmark's ``--lowvram`` (the runtime streams the network and CLIP block by block,
    ``mmaudio.model.block_streaming``, as the CLI's ``--lowvram`` does).
 4. ``gpu_check.json`` and ``gpu_check.md`` in OUTDIR, rewritten after every row, so a run stopped by its time
    limit still leaves what it measured. ``--budget-s`` stops starting rows once that many seconds have passed.
@@ -99,7 +99,7 @@ def plan_rows(*, dry_run: bool, reference: Path | None) -> list[Row]:
         Row("staged_fp8", f"{GPU_VARIANT}, fp8, --staged", GPU_VARIANT,
             [*fp8, "--staged", "--no-two-pass", "--no-quality"]),
         Row("low_vram_streamed", f"{GPU_VARIANT}, bf16, low-VRAM mode (--lowvram): other stages staged, the "
-            "network streamed block by block while sampling", GPU_VARIANT,
+            "network and CLIP streamed block by block", GPU_VARIANT,
             [*bf16, "--lowvram", "--no-two-pass", "--no-quality"]),
         Row("batch8", f"{GPU_VARIANT}, bf16, 8 samples of one clip in one generation (throughput)", GPU_VARIANT,
             [*bf16, "--batch", "8", "--no-two-pass", "--no-quality"], repeats=2),
@@ -382,7 +382,7 @@ TARGETS = (
            3.5e9, "GB"),
     Target(f"{GPU_VARIANT} peak GPU memory, fp8 weights, <= 3.5 GB (--staged)", "staged_fp8", "peak_bytes", 3.5e9,
            "GB"),
-    Target(f"{GPU_VARIANT} peak GPU memory in the low-VRAM mode (network streamed block by block), <= 2 GB",
+    Target(f"{GPU_VARIANT} peak GPU memory in the low-VRAM mode (network and CLIP streamed block by block), <= 2 GB",
            "low_vram_streamed", "peak_bytes", 2e9, "GB"),
     Target(f"{GPU_VARIANT} sampling >= 2x the reference's speed on the same GPU (bf16, both including the "
            "conditions projection)", "bf16", "sampling_over_reference", 0.5, "x", needs_frames=False),

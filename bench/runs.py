@@ -108,7 +108,7 @@ class BenchRuntime:
         self.recorder = recorder
         self.steps = steps
         self.staged = staged or lowvram
-        self.lowvram = lowvram  # the flow network streams its blocks (engine.DirectRuntime(stream_network=True))
+        self.lowvram = lowvram  # the network and CLIP stream their blocks (engine.DirectRuntime(low_vram=True))
         self.estimates: dict[str, int] = {}
         self.units: dict[str, int] = {}
         self._frames: StageRecord | None = None
@@ -118,8 +118,7 @@ class BenchRuntime:
         self.close()
         self.estimates[name] = max(self.estimates.get(name, 0), int(memory_required))
         streaming = library_module("model.block_streaming")
-        network_type = library_module("model.network").MMAudioNetwork
-        streamed = [p for p in models if self.lowvram and isinstance(p.module, network_type)]
+        streamed = [p for p in models if self.lowvram and streaming.can_stream(p.module)]
         moved = [p for p in models if self.staged and not any(p is s for s in streamed)]
         if moved:
             with self.recorder.stage(f"load_{name}"):

@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the models on the CPU between their stages: the GPU holds one stage's models at a "
                           "time (for small GPUs; costs the transfers)")
     gen.add_argument("--lowvram", action="store_true",
-                     help="for 4-6 GB GPUs: like --offload, and the flow network's blocks stream to the GPU one at a "
-                          "time while it samples (transfers overlap the compute)")
+                     help="for 4-6 GB GPUs: like --offload, and the blocks of the flow network and of CLIP stream to "
+                          "the GPU one at a time while they run (transfers overlap the compute)")
     gen.add_argument("--compile", default="off", choices=["off", "compile", "cuda_graphs"],
                      help="torch.compile the flow network (a minute or more on first use; cuda_graphs: also capture "
                           "CUDA graphs). Falls back to the plain network if compiling fails")
@@ -279,7 +279,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
         files = _resolve_files(args, variant, progress)
         models = engine.load_models(files, device=device, precision=args.precision,
                                     offload=args.offload or args.lowvram, progress=progress)
-        runtime = engine.DirectRuntime(device, offload=args.offload, stream_network=args.lowvram, progress=progress)
+        runtime = engine.DirectRuntime(device, offload=args.offload, low_vram=args.lowvram, progress=progress)
         result = engine.generate(models, source, request, runtime)
     finally:
         progress.close()

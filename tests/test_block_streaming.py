@@ -113,6 +113,37 @@ def test_narrow_stored_weights_are_copied_as_stored(storage: torch.dtype) -> Non
     assert {name: p.dtype for name, p in block.named_parameters()} == stored
 
 
+# ---- CLIP (the other large model of the low-VRAM mode) ---------------------------------------------------------
+def test_clip_streams_its_image_and_text_blocks_with_identical_features() -> None:
+    """CLIP names its image tower's blocks, then its text tower's; each block computes with a copy (not its
+    master), the features are bit-identical, and the encoder is left exactly as it was."""
+    from mmaudio.features.clip import load_clip
+    from tests.test_clip import TINY, tiny_checkpoint
+
+    clip = load_clip(tiny_checkpoint(), config=TINY)
+    frames = torch.rand(3, 3, 378, 378, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        images, text = clip.encode_images(frames), clip.encode_text(["rain", "a dog barks"])
+    blocks = streamed_blocks(clip)
+    assert blocks == [*clip.model.visual.transformer.resblocks, *clip.model.transformer.resblocks]
+    before, values = _snapshot(clip)
+    masters = {id(t) for t in before.values()}
+    ran_with_copies: list[bool] = []
+    with torch.no_grad(), stream_blocks(clip, "cpu"):
+        hooks = [block.register_forward_pre_hook(
+            lambda module, _args: ran_with_copies.append(all(id(p) not in masters for p in module.parameters())))
+            for block in blocks]
+        streamed_images, streamed_text = clip.encode_images(frames), clip.encode_text(["rain", "a dog barks"])
+        for hook in hooks:
+            hook.remove()
+    assert ran_with_copies == [True] * len(blocks)
+    assert torch.equal(streamed_images, images) and torch.equal(streamed_text, text)
+    _assert_as_before(clip, before, values)
+    per_block = sorted(_bytes(list(block.parameters())) for block in blocks)
+    outside = _bytes([*clip.parameters(), *clip.buffers()]) - sum(per_block)  # non-persistent buffers too
+    assert streaming_peak_bytes(clip, 1) == outside + sum(per_block[-2:])
+
+
 # ---- what is on the device ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("prefetch", [0, 1, 2])
 def test_only_the_running_block_and_its_prefetch_window_are_on_the_device(prefetch: int) -> None:
@@ -299,7 +330,7 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(InvalidInputError, match="prefetch must be a non-negative integer"), \
             stream_blocks(net, "cpu", prefetch=-1):
         pass
-    with pytest.raises(InvalidInputError, match="no joint_blocks/fused_blocks"):
+    with pytest.raises(InvalidInputError, match="Linear names no blocks to stream"):
         streaming_peak_bytes(nn.Linear(2, 2))
     assert not any(module._forward_pre_hooks for module in net.modules())
 

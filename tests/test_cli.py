@@ -228,23 +228,25 @@ def test_a_three_minute_video_gets_a_three_minute_soundtrack(models, tmp_path, c
     assert stream.rate == 16000 and samples == 180 * 16000
 
 
-def test_low_vram_mode_streams_the_network_and_gives_the_same_audio(models, monkeypatch) -> None:
-    """On a CPU the block copies change nothing: the audio must be bit-identical, and the network must really
-    have been streamed (each block's weights swapped in while it ran)."""
+def test_low_vram_mode_streams_the_network_and_clip_and_gives_the_same_audio(models, monkeypatch) -> None:
+    """On a CPU the block copies change nothing: the audio must be bit-identical, and the network and CLIP must
+    really have been streamed (each block's weights swapped in while it ran), the other models moved whole."""
     from mmaudio import engine
     from mmaudio.model import block_streaming
 
     files = engine.ComponentFiles(**models)
     plain = engine.generate(engine.load_models(files, device="cpu"), None, _request(), engine.DirectRuntime("cpu"))
     streamed_models = engine.load_models(files, device="cpu", offload=True)
-    entered: list[int] = []
+    names = {id(streamed_models.features.clip.module): "clip", id(streamed_models.network.module): "network"}
+    entered: list[str] = []
     original = block_streaming.stream_blocks
 
-    def counting(network, device, **kwargs):
-        entered.append(len(block_streaming.streamed_blocks(network)))
-        return original(network, device, **kwargs)
+    def counting(model, device, **kwargs):
+        assert len(block_streaming.streamed_blocks(model)) > 0
+        entered.append(names[id(model)])
+        return original(model, device, **kwargs)
 
     monkeypatch.setattr("mmaudio.engine.runtime.stream_blocks", counting)
-    result = engine.generate(streamed_models, None, _request(), engine.DirectRuntime("cpu", stream_network=True))
-    assert entered == [len(block_streaming.streamed_blocks(streamed_models.network.module))] and entered[0] > 0
+    result = engine.generate(streamed_models, None, _request(), engine.DirectRuntime("cpu", low_vram=True))
+    assert entered == ["clip", "network"]  # text-only: CLIP for the prompt, then sampling
     assert torch.equal(result.waveform, plain.waveform)

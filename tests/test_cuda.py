@@ -525,7 +525,7 @@ def test_nothing_left_on_the_device_after_a_run(device: torch.device, precision:
 class Failure:
     stage: str
     exception: type[BaseException]
-    stream_network: bool = False
+    low_vram: bool = False
 
 
 FAILURES = {
@@ -533,7 +533,7 @@ FAILURES = {
     "cancel_in_clip": Failure("clip", InjectedInterruptError),  # a host's interrupt exception (ComfyUI)
     "cancel_while_sampling": Failure("sampling", KeyboardInterrupt),  # Ctrl-C
     "error_while_decoding": Failure("decoding", RuntimeError),
-    "cancel_while_streaming_the_network": Failure("sampling", KeyboardInterrupt, stream_network=True),
+    "cancel_while_streaming_the_network": Failure("sampling", KeyboardInterrupt, low_vram=True),
 }
 
 
@@ -562,14 +562,14 @@ def test_nothing_left_on_the_device_after_an_error_or_a_cancel(device: torch.dev
     models, expected = uninterrupted
 
     def runtime(**kwargs: Any) -> Recorder:
-        return Recorder(engine.DirectRuntime(device, offload=True, stream_network=failure.stream_network), **kwargs)
+        return Recorder(engine.DirectRuntime(device, offload=True, low_vram=failure.low_vram), **kwargs)
 
     ledger = Ledger(device).start()
     failing = runtime(fail_at=failure.stage, fail=failure.exception)
     message = _expect_failure(failure.exception, partial(engine.generate, models, source, REQUEST, failing))
     assert message.startswith(f"injected at {failure.stage} "), message  # at its first report, inside it
     assert failing.reports[-1][0] == failure.stage
-    if failure.stream_network:
+    if failure.low_vram:
         assert "cpu" in failing.placement["sampling"][0][2]  # the blocks stayed on the CPU, streamed
     del failing
     _assert_nothing_left(ledger, case)
@@ -586,8 +586,9 @@ def test_low_vram_mode_gives_the_resident_audio_at_a_lower_peak(device: torch.de
                                                                 files: engine.ComponentFiles,
                                                                 source: engine.VisualSource, close: Close,
                                                                 record_property) -> None:
-    """DirectRuntime(stream_network=True) with offloaded models: the resident run's latents and audio, every
-    weight back on the CPU after, and on CUDA a lower peak of allocated memory than the resident run's."""
+    """DirectRuntime(low_vram=True) with offloaded models (network and CLIP streamed): the resident run's latents
+    and audio, every weight back on the CPU after, and on CUDA a lower peak of allocated memory than the resident
+    run's."""
     cuda = device.type == "cuda"
     _warm_up_libraries(device)
 
@@ -605,7 +606,7 @@ def test_low_vram_mode_gives_the_resident_audio_at_a_lower_peak(device: torch.de
     models = engine.load_models(files, device=device, precision=precision, offload=True)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    runtime = Recorder(engine.DirectRuntime(device, stream_network=True))
+    runtime = Recorder(engine.DirectRuntime(device, low_vram=True))
     _, latents, wave = _chain(models, source, runtime)
     streamed_peak = torch.cuda.max_memory_allocated(device) - base if cuda else 0
 
@@ -616,9 +617,10 @@ def test_low_vram_mode_gives_the_resident_audio_at_a_lower_peak(device: torch.de
                                           and torch.equal(wave, expected_wave)))
     record_property("peak bytes resident", resident_peak)
     record_property("peak bytes low-VRAM", streamed_peak)
-    # While sampling, the network's blocks stayed in CPU memory (only copies visited the device).
-    assert "cpu" in runtime.placement["sampling"][0][2]
-    for stage in ("clip", "sync", "text", "decoding"):  # the other stages' models visited whole
+    # The network's and CLIP's blocks stayed in CPU memory (only copies visited the device).
+    for stage in ("sampling", "clip", "text"):
+        assert "cpu" in runtime.placement[stage][0][2], (stage, runtime.placement[stage])
+    for stage in ("sync", "decoding"):  # the other stages' models visited whole
         for name, _, devices in runtime.placement[stage]:
             assert devices == {device.type}, (stage, name, devices)
     _assert_offloaded(models)

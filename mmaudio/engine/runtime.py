@@ -17,8 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import torch
 from torch import nn
 
-from ..model.block_streaming import stream_blocks
-from ..model.network import MMAudioNetwork
+from ..model.block_streaming import can_stream, stream_blocks
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -52,14 +51,14 @@ class Runtime(Protocol):
 class DirectRuntime:
     """For one process that owns its device: models stay where they are, or with ``offload`` wait on the CPU and
     visit the device only for their stage (the device then holds one stage's models at a time). With
-    ``stream_network`` (low-VRAM mode, implies ``offload``) the flow network does not visit whole: its blocks are
-    brought to the device one at a time while it runs (``mmaudio.model.block_streaming``)."""
+    ``low_vram`` (implies ``offload``) the large models, the flow network and CLIP, do not visit whole: their
+    blocks are brought to the device one at a time while they run (``mmaudio.model.block_streaming``)."""
 
-    def __init__(self, device: torch.device | str = "cpu", *, offload: bool = False, stream_network: bool = False,
+    def __init__(self, device: torch.device | str = "cpu", *, offload: bool = False, low_vram: bool = False,
                  progress: Any = None) -> None:
         self.device = torch.device(device)
-        self.offload = offload or stream_network
-        self.stream_network = stream_network
+        self.offload = offload or low_vram
+        self.low_vram = low_vram
         self._report = progress
 
     @contextlib.contextmanager
@@ -67,7 +66,7 @@ class DirectRuntime:
         if not self.offload:
             yield
             return
-        streamed = [p for p in models if self.stream_network and isinstance(p.module, MMAudioNetwork)]
+        streamed = [p for p in models if self.low_vram and can_stream(p.module)]
         moved = [p for p in models if not any(p is s for s in streamed)]
         with contextlib.ExitStack() as stack:
             try:

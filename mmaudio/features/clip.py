@@ -186,6 +186,11 @@ class ClipEncoder(nn.Module):
     def context_length(self) -> int:
         return int(self.model.positional_embedding.shape[0])
 
+    def streamed_blocks(self) -> list[nn.Module]:
+        """The transformer blocks that hold nearly all weights: the image tower's, then the text tower's (for
+        :func:`mmaudio.model.block_streaming.stream_blocks`)."""
+        return [*self.model.visual.transformer.resblocks, *self.model.transformer.resblocks]
+
     def memory_for_images(self, batch: int) -> int:
         """Activation bytes of one image forward over ``batch`` frames (for a memory manager): the vision
         transformer's tokens, a block's q/k/v, attention output and 4x MLP, plus the 384 px float32 input in its

@@ -1,11 +1,12 @@
-"""Block streaming: run the flow network on a small GPU while its transformer blocks stay in CPU memory.
+"""Block streaming: run a large transformer on a small GPU while its blocks stay in CPU memory.
 
-The joint and fused blocks hold nearly all of the network's weights (large_44k_v2: about 1 B parameters, 2.2 GB in
-bf16), and ``predict_flow`` runs them one after the other. Inside :func:`stream_blocks` each block gets a device
-copy of its weights just before it runs and loses it right after; the copy of the next ``prefetch`` blocks is
-issued on a side stream while the current block computes, so transfers hide behind compute. Everything outside
-the blocks (input projections, embeddings, final layer, learned empty features, latent statistics) is small and
-stays on the device for the whole context.
+A model that can be streamed names its blocks, in the order its forward runs them, with a ``streamed_blocks()``
+method: the flow network's joint and fused blocks (large_44k_v2: about 1 B parameters, 2.2 GB in bf16), CLIP's
+image and text transformer blocks (1 B parameters, 1.97 GB in bf16). Those blocks hold nearly all of the weights.
+Inside :func:`stream_blocks` each block gets a device copy of its weights just before it runs and loses it right
+after; the copy of the next ``prefetch`` blocks is issued on a side stream while the current block computes, so
+transfers hide behind compute. Everything outside the blocks (input projections, embeddings, final layers, learned
+empty features, latent statistics) is small and stays on the device for the whole context.
 
 The network's modules are not rewritten: forward hooks on the blocks swap their parameter entries between the
 CPU master tensors and device copies. On exit (normal, exception or KeyboardInterrupt) every module holds its
@@ -59,13 +60,17 @@ def _slots(modules: Iterable[nn.Module]) -> list[_Slot]:
     return found
 
 
+def can_stream(module: nn.Module) -> bool:
+    """Whether ``module`` names blocks to stream (a ``streamed_blocks()`` method)."""
+    return callable(getattr(module, "streamed_blocks", None))
+
+
 def streamed_blocks(network: nn.Module) -> list[nn.Module]:
-    """The blocks that are streamed, in the order ``predict_flow`` runs them: joint blocks, then fused blocks."""
-    lists = [getattr(network, name, None) for name in ("joint_blocks", "fused_blocks")]
-    if not all(isinstance(blocks, nn.ModuleList) for blocks in lists):
+    """The blocks that are streamed, in the order the model's forward runs them (its ``streamed_blocks()``)."""
+    if not can_stream(network):
         raise InvalidInputError(
-            f"stream_blocks: {type(network).__name__} has no joint_blocks/fused_blocks to stream")
-    return [block for blocks in lists for block in blocks]
+            f"stream_blocks: {type(network).__name__} names no blocks to stream (no streamed_blocks method)")
+    return list(network.streamed_blocks())
 
 
 def _resident_modules(network: nn.Module, blocks: list[nn.Module]) -> list[nn.Module]:

@@ -296,6 +296,11 @@ class MMAudioNetwork(nn.Module):
         return self.preprocess_conditions(clip, sync, text).expand(bs)
 
     # ---- flow ----------------------------------------------------------------------------------------------
+    def streamed_blocks(self) -> list[nn.Module]:
+        """The blocks that hold nearly all weights, in the order :meth:`predict_flow` runs them (for
+        :func:`mmaudio.model.block_streaming.stream_blocks`)."""
+        return [*self.joint_blocks, *self.fused_blocks]
+
     def predict_flow(self, latent: torch.Tensor, t: torch.Tensor | float, conditions: NetworkConditions, *,
                      branches: int = 1) -> torch.Tensor:
         """Velocity [branches * B, L, latent_dim] at flow time t (noise at 0, data at 1; one value per sample or a
