@@ -6,7 +6,9 @@ No GPU needed and nothing is allocated: every model is built on the meta device 
 configurations (the same builders as the benchmark), then stored as the library stores it for a given weights
 dtype (fp8: layer weights in fp8, the rest in the compute dtype). Activations are not included: they come from
 a measured run (``bench/benchmark.py --device cuda`` reports the peak of every stage). The point is the floor
-that weights alone put under a peak-memory target, with all models resident and with one stage at a time.
+that weights alone put under a peak-memory target, with all models resident, with one stage at a time, and in the
+low-VRAM mode (one stage at a time, the network and CLIP streamed: their non-block weights and the two largest
+blocks on the device, ``block_streaming.streaming_peak_bytes``).
 """
 
 from __future__ import annotations
@@ -51,9 +53,10 @@ def _others(spec: components.VariantSpec, dtype: torch.dtype) -> dict[str, nn.Mo
     vae_mod = library_module("vae")
     voc_mod = library_module("vocoder")
     sync_mod = library_module("features.synchformer")
+    clip_mod = library_module("features.clip")
     with torch.device("meta"):
         parts: dict[str, nn.Module] = {
-            "clip": open_clip.model.CLIP(**spec.clip_cfg),
+            "clip": clip_mod.ClipEncoder(open_clip.model.CLIP(**spec.clip_cfg)),
             "synchformer": sync_mod.SynchformerVisual(),
             "vae_decoder": vae_mod.VAE(spec.vae, with_encoder=False),
             "vocoder": voc_mod.BigVGAN(spec.vocoder),
@@ -67,11 +70,17 @@ def budget(variant: str, weights: str, others: str = "bf16") -> dict[str, Any]:
     spec = components.variant_spec(variant)
     dtype = precision.parse_dtype(weights)
     compute = precision.parse_dtype(others) if precision.is_fp8(dtype) else dtype
-    sizes = {"network": _bytes(_network(spec, dtype, compute))}
-    sizes |= {name: _bytes(module) for name, module in _others(spec, precision.parse_dtype(others)).items()}
+    network = _network(spec, dtype, compute)
+    models = {"network": network, **_others(spec, precision.parse_dtype(others))}
+    sizes = {name: _bytes(module) for name, module in models.items()}
     stages = {stage: sum(sizes[part] for part in parts) for stage, parts in STAGES.items()}
+    streaming = library_module("model.block_streaming")
+    streamed = {name: streaming.streaming_peak_bytes(module, 1) if streaming.can_stream(module) else sizes[name]
+                for name, module in models.items()}
+    low_vram = {stage: sum(streamed[part] for part in parts) for stage, parts in STAGES.items()}
     return {"variant": variant, "weights": weights, "others": others, "components": sizes, "stages": stages,
-            "all_resident": sum(sizes.values()), "largest_stage": max(stages.values())}
+            "all_resident": sum(sizes.values()), "largest_stage": max(stages.values()),
+            "low_vram_stages": low_vram, "low_vram_largest_stage": max(low_vram.values())}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,7 +97,10 @@ def main(argv: list[str] | None = None) -> None:
         for stage, size in b["stages"].items():
             print(f"  stage {stage:10s} {size / GB:6.2f} GB")
         print(f"  all resident       {b['all_resident'] / GB:6.2f} GB")
-        print(f"  largest stage      {b['largest_stage'] / GB:6.2f} GB\n")
+        print(f"  largest stage      {b['largest_stage'] / GB:6.2f} GB")
+        for stage, size in b["low_vram_stages"].items():
+            print(f"  low-VRAM {stage:10s} {size / GB:6.2f} GB")
+        print(f"  low-VRAM largest   {b['low_vram_largest_stage'] / GB:6.2f} GB\n")
 
 
 if __name__ == "__main__":

@@ -205,6 +205,12 @@ def test_memory_budget_adds_up() -> None:
     assert 2 * 157.2e6 < bf16["components"]["network"] < 2 * 157.5e6
     assert 0.5 * bf16["components"]["network"] < fp8["components"]["network"] < 0.55 * bf16["components"]["network"]
     assert fp8["components"]["clip"] == bf16["components"]["clip"]
+    # low-VRAM: the network and CLIP streamed (a fraction of their weights on the device), the rest whole
+    low = bf16["low_vram_stages"]
+    assert low["decoding"] == bf16["stages"]["decoding"]
+    assert bf16["components"]["synchformer"] < low["features"] < bf16["stages"]["features"] / 2
+    assert 0 < low["sampling"] < bf16["stages"]["sampling"] / 2
+    assert bf16["low_vram_largest_stage"] == max(low.values())
 
 
 def test_staged_run_times_the_moves_of_every_stage(tmp_path: Path) -> None:
