@@ -12,7 +12,7 @@ as the whole clip. The attention layer has no such locality, so a long sequence 
    part after the attention; the core of the result is kept.
 
 What stays whole is small: keys and values at the latent rate (2 · width · T values) and the output.
-The same span arithmetic serves the vocoder (see :mod:`mmaudio.vocoder.receptive_field`).
+The same span arithmetic serves the vocoder (see :mod:`mmaudio.vocoder.chunked`).
 """
 
 from __future__ import annotations
