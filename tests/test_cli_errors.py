@@ -179,6 +179,36 @@ def test_ctrl_c_anywhere_exits_130_with_one_line_and_no_output(where: str, model
     assert not list(tmp_path.iterdir())
 
 
+# Where a real run is when Ctrl-C arrives: (class, method, which call raises) inside each stage of the chain.
+INSIDE_A_STAGE = {
+    "features": ("mmaudio.features.clip", "ClipEncoder", "encode_tokens", 1),
+    "sampling": ("mmaudio.model.network", "MMAudioNetwork", "predict_flow", 2),  # mid-run, after a first forward
+    "decoding": ("mmaudio.vocoder.bigvgan", "BigVGAN", "forward", 1),
+}
+
+
+@pytest.mark.parametrize("stage", list(INSIDE_A_STAGE))
+def test_ctrl_c_inside_a_stage_exits_130_with_one_line_and_no_output(stage: str, models, tmp_path: Path,
+                                                                     monkeypatch, capsys) -> None:
+    import importlib
+
+    module, owner, method, nth = INSIDE_A_STAGE[stage]
+    cls = getattr(importlib.import_module(module), owner)
+    original, calls = getattr(cls, method), []
+
+    def interrupted_at_the_nth_call(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == nth:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, method, interrupted_at_the_nth_call)
+    code = main(_args(models, "--prompt", "x", "--duration", "1", "--steps", "3", "--out", str(tmp_path / "a.wav")))
+    assert len(calls) == nth, f"the run never reached {owner}.{method} in the {stage} stage"
+    assert code == 130 and capsys.readouterr().err == "interrupted: nothing was written\n"
+    assert not list(tmp_path.iterdir())
+
+
 def test_an_interrupt_a_library_turned_into_another_error_is_still_an_interrupt(models, tmp_path: Path,
                                                                                  monkeypatch, capsys) -> None:
     """Ctrl-C inside PyTorch's loader once came out as "ValueError: could not determine the shape of object type
