@@ -396,3 +396,22 @@ def test_cuda_streaming_equals_the_resident_network_below_its_memory() -> None:
     assert peak < resident_bytes, f"peak {peak} B, resident weights {resident_bytes} B"
     del flow, latents
     assert torch.cuda.memory_allocated() == base  # nothing of the context is left on the GPU
+
+
+# ---- with the engine -----------------------------------------------------------------------------------------
+def test_the_engine_refuses_to_compile_a_streamed_network() -> None:
+    """A compiled forward would capture one set of block copies: the engine says so instead of compiling, and
+    leaves the network as it was (no hooks, its own tensors)."""
+    from mmaudio import engine
+    from mmaudio.engine.windows import plan_windows
+    from tests.test_engine_windows import conditions_for
+    from tests.test_engine_windows import tiny_network as tiny_engine_network
+
+    net = tiny_engine_network()
+    before, values = _snapshot(net)
+    placed = engine.Placed(net, torch.device("cpu"), torch.float32)
+    settings = engine.SamplingSettings(seed=1, steps=2, compile="compile")
+    with pytest.raises(InvalidInputError, match=r"compile='compile': the network's blocks are streamed"):
+        engine.sample_latents(placed, conditions_for(plan_windows(1.0, "16k"), video=False), settings,
+                              engine.DirectRuntime("cpu", low_vram=True))
+    _assert_as_before(net, before, values)

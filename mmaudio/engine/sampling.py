@@ -21,6 +21,7 @@ import torch
 
 from ..errors import IncompatibleComponentsError, InvalidInputError, MMAudioError
 from ..model import winograd
+from ..model.block_streaming import is_streaming
 from ..model.compiled import compiled_flow
 from ..model.network import MMAudioNetwork
 from ..model.sequence_config import SequenceLengths
@@ -127,6 +128,10 @@ def sample_latents(network: Placed[MMAudioNetwork], conditions: EncodedCondition
         runtime.plan({"sampling": settings.steps * plan.num_windows})
         memory = sampling_memory(net, lengths, per_forward, network.dtype, network.device)
         with runtime.stage("sampling", [network], memory), torch.inference_mode():
+            if settings.compile != "off" and is_streaming(net):
+                raise InvalidInputError(
+                    f"compile={settings.compile!r}: the network's blocks are streamed (low-VRAM mode), which a "
+                    "compiled network cannot follow; use compile='off' or a runtime that does not stream")
             net.update_seq_lengths(lengths.latent_seq_len, lengths.clip_seq_len, lengths.sync_seq_len)
             if plan.is_single:
                 x1 = _sample_one_pass(network, conditions, settings, start, runtime)

@@ -65,6 +65,11 @@ def can_stream(module: nn.Module) -> bool:
     return callable(getattr(module, "streamed_blocks", None))
 
 
+def is_streaming(module: nn.Module) -> bool:
+    """Whether ``module`` is inside a :func:`stream_blocks` context now."""
+    return module in _streaming
+
+
 def streamed_blocks(network: nn.Module) -> list[nn.Module]:
     """The blocks that are streamed, in the order the model's forward runs them (its ``streamed_blocks()``)."""
     if not can_stream(network):
