@@ -53,14 +53,6 @@ def samples_for_latent_frames(num_latent_frames: int, mode: str) -> int:
     return num_latent_frames * mode_named(mode).samples_per_latent
 
 
-def latent_frames_for_duration(duration: float, mode: str) -> int:
-    """Latent frames the encoder gives for a clip of ``duration`` seconds (rounded to whole samples)."""
-    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration) \
-            or duration <= 0:
-        raise InvalidInputError(f"duration must be a positive number of seconds, got {duration!r}")
-    return latent_frames_for_samples(round(duration * mode_named(mode).sample_rate), mode)
-
-
 def fit_to_latent_frames(waveform: torch.Tensor, num_latent_frames: int, mode: str) -> torch.Tensor:
     """Mono ``[B, samples]`` at the mode's rate, zero-padded or trimmed at the end to the length that encodes to
     exactly ``num_latent_frames`` frames (e.g. the network's ``latent_seq_len``)."""

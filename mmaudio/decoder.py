@@ -12,16 +12,13 @@ needs (:meth:`AudioDecoder.decode_memory`, :meth:`AudioDecoder.encode_memory`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import nn
 
 from .errors import IncompatibleComponentsError, InvalidInputError
 from .mel import MelConverter
 from .modes import MODES, mode_named, mode_words
-from .vae import VAE, LatentDistribution, load_vae
+from .vae import VAE, LatentDistribution
 from .vae.chunked import (
     AttentionSplit,
     ProgressCallback,
@@ -33,7 +30,7 @@ from .vae.chunked import (
     run_memory,
     split_evenly,
 )
-from .vocoder import BigVGAN, load_vocoder
+from .vocoder import BigVGAN
 from .vocoder.chunked import vocode_in_chunks, vocode_memory
 
 # Latent frames decoded at once: 11.9 s at 44.1 kHz, 16.4 s at 16 kHz. Clips up to this length (the 8-10 s the
@@ -64,22 +61,6 @@ class AudioDecoder(nn.Module):
         self.mel = MelConverter.for_mode(self.mode)
         # Latent frames decoded (and encoded) at once; longer clips go in overlapping chunks of this length.
         self.chunk_frames = DEFAULT_CHUNK_FRAMES
-
-    @classmethod
-    def from_state_dicts(
-        cls,
-        vae_state_dict: Mapping[str, Any],
-        vocoder_state_dict: Mapping[str, Any],
-        vae_source: str | None = None,
-        vocoder_source: str | None = None,
-        ops: Any | None = None,
-        vocoder_config: Mapping[str, Any] | None = None,
-    ) -> AudioDecoder:
-        """Load both checkpoints (see :func:`load_vae`, :func:`load_vocoder`) and pair them."""
-        vae = load_vae(vae_state_dict, source=vae_source or "the VAE checkpoint", ops=ops)
-        vocoder = load_vocoder(vocoder_state_dict, source=vocoder_source or "the vocoder checkpoint", ops=ops,
-                               config=vocoder_config)
-        return cls(vae, vocoder)
 
     @property
     def mode(self) -> str:

@@ -154,7 +154,3 @@ def load_for_compute(patchers: list[comfy.model_patcher.ModelPatcher], memory_re
     for patcher in patchers:
         pin_loose_tensors(patcher)
 
-
-def to_output(tensor: torch.Tensor) -> torch.Tensor:
-    """A tensor for a node output: detached, on ComfyUI's intermediate device (CPU), never on the GPU cache."""
-    return tensor.detach().to(mm.intermediate_device())

@@ -18,7 +18,6 @@ from mmaudio.audio_input import (
     encode_audio,
     encode_audio_memory,
     fit_to_latent_frames,
-    latent_frames_for_duration,
     latent_frames_for_samples,
     prepare_audio,
     samples_for_latent_frames,
@@ -148,14 +147,14 @@ def test_latent_frames_rule_and_the_sequence_lengths(mode: str) -> None:
         assert latent_frames_for_samples(samples_for_latent_frames(frames, mode) - 1, mode) == frames - 1
     for duration in (1.0, 2.5, 8.0, 10.0):
         lengths = SequenceLengths.for_duration(duration, mode)
-        encoded = latent_frames_for_duration(duration, mode)
+        encoded = latent_frames_for_samples(round(duration * spec.sample_rate), mode)
         assert encoded in (lengths.latent_seq_len, lengths.latent_seq_len - 1)
         exact = duration * spec.sample_rate % spec.samples_per_latent == 0
         assert (encoded == lengths.latent_seq_len) == exact
         assert samples_for_latent_frames(lengths.latent_seq_len, mode) == lengths.num_audio_samples
-    assert latent_frames_for_duration(8.0, "16k") == 250 and latent_frames_for_duration(8.0, "44k") == 344
+    assert latent_frames_for_samples(8 * 16000, "16k") == 250 and latent_frames_for_samples(8 * 44100, "44k") == 344
     with pytest.raises(InvalidInputError):
-        latent_frames_for_duration(0.0, mode)
+        latent_frames_for_samples(-1, mode)
 
 
 def test_padding_to_the_sequence_length_gives_exactly_its_frames() -> None:

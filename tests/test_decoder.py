@@ -28,10 +28,8 @@ def decoder(request: pytest.FixtureRequest) -> AudioDecoder:
     """One decoder per mode, built from checkpoint-like state dicts (shared: building costs seconds)."""
     mode = request.param
     vae_file, vocoder_file = FILES[mode]
-    return AudioDecoder.from_state_dicts(
-        random_vae_state_dict(TINY[mode], seed=2), random_vocoder_checkpoint(tiny_config(mode), seed=2),
-        vae_source=vae_file, vocoder_source=vocoder_file,
-    )
+    return AudioDecoder(load_vae(random_vae_state_dict(TINY[mode], seed=2), source=vae_file),
+                        load_vocoder(random_vocoder_checkpoint(tiny_config(mode), seed=2), source=vocoder_file))
 
 
 def test_decode_8s_latent_to_trimmed_waveform(decoder: AudioDecoder) -> None:

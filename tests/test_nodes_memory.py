@@ -122,12 +122,6 @@ def test_loose_tensors_follow_a_partial_load(memory):
     assert net.proj.weight.device.type == "cpu", "leaf layers stay where the memory manager put them"
 
 
-def test_outputs_go_to_the_intermediate_device(memory):
-    x = torch.ones(2, requires_grad=True) * 2
-    out = memory.to_output(x)
-    assert out.device == torch.device("cpu") and not out.requires_grad
-
-
 def test_progress_stages_split_one_bar(pack):
     progress_module = sys.modules[f"{PACK_NAME}.nodes.progress"]
     utils = sys.modules["comfy.utils"]

@@ -9,21 +9,20 @@ clip at once. Which frames and when is the engine's business (``mmaudio/engine/c
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ..errors import InvalidInputError
-from .clip import ClipEncoder, load_clip
+from .clip import ClipEncoder
 from .frames import (
     PreparedFrames,
     Progress,
     clip_input,
     sync_input,
 )
-from .synchformer import SynchformerVisual, encode_sync_frames, load_synchformer
+from .synchformer import SynchformerVisual, encode_sync_frames
 
 
 def _compute_dtype(stored: torch.dtype, device: torch.device) -> torch.dtype:
@@ -49,22 +48,6 @@ class FeatureExtractor(nn.Module):
         self.clip = clip
         self.synchformer = synchformer
         self.device = torch.device(device) if device is not None else None
-
-    @classmethod
-    def from_state_dicts(
-        cls,
-        clip_sd: Mapping[str, torch.Tensor] | None,
-        synchformer_sd: Mapping[str, torch.Tensor] | None,
-        *,
-        dtype: torch.dtype | None = torch.float32,
-        device: torch.device | str = "cpu",
-        ops: Any = None,
-    ) -> FeatureExtractor:
-        clip = load_clip(clip_sd, dtype=dtype, device=device) if clip_sd is not None else None
-        sync = None
-        if synchformer_sd is not None:
-            sync = load_synchformer(synchformer_sd, dtype=dtype, device=device, ops=ops)
-        return cls(clip, sync)
 
     # ------------------------------------------------------------------------------------------- pieces
 

@@ -327,15 +327,6 @@ def auto_chunk_size(height: int, width: int, channels: int, budget_bytes: int = 
     return max(1, min(32, budget_bytes // max(1, height * width * channels * 4)))
 
 
-def quantize(chunk: torch.Tensor) -> torch.Tensor:
-    """[k,H,W,C] float 0..1 or uint8 -> [k,H,W,3] uint8: round(x*255), gray expanded, alpha dropped.
-
-    The reference resizes uint8 frames, and a ComfyUI IMAGE is exactly uint8/255, so rounding recovers the
-    decoder's pixels bit for bit.
-    """
-    return _quantize(chunk, owned=False)
-
-
 def _quantize(chunk: torch.Tensor, owned: bool) -> torch.Tensor:
     # ``owned``: the chunk is a private copy (gathered frames), so float32 input is scaled in place.
     if chunk.dtype != torch.uint8:
@@ -351,7 +342,7 @@ def _quantize(chunk: torch.Tensor, owned: bool) -> torch.Tensor:
 
 
 def gather_quantized(frames: Frames, indices: Sequence[int]) -> torch.Tensor:
-    """The listed frames as a new [k,H,W,3] uint8 tensor: :func:`gather_frames` then :func:`quantize`, in place."""
+    """The listed frames as a new [k,H,W,3] uint8 tensor: :func:`gather_frames` then quantized to uint8 in place."""
     return _quantize(gather_frames(frames, indices), owned=True)
 
 

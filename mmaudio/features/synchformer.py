@@ -14,7 +14,7 @@ and fine-tunes load strictly.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,13 +304,6 @@ class SynchformerVisual(nn.Module):
 def num_segments(num_frames: int) -> int:
     """S = (T - 16) // 8 + 1 (frames after the last full segment are dropped); 0 when T < 16."""
     return 0 if num_frames < SEGMENT else (num_frames - SEGMENT) // STEP + 1
-
-
-def iter_segment_batches(num_frames: int, batch: int) -> Iterator[list[int]]:
-    """Start frames of the segments, ``batch`` at a time."""
-    starts = [s * STEP for s in range(num_segments(num_frames))]
-    for i in range(0, len(starts), batch):
-        yield starts[i:i + batch]
 
 
 def encode_sync_frames(

@@ -74,11 +74,6 @@ class SequenceLengths:
                    sync_seq_len=sync, num_audio_samples=samples, sample_rate=spec.sample_rate)
 
     @property
-    def num_clip_frames(self) -> int:
-        """CLIP frames (8 fps) the feature extractor must deliver."""
-        return self.clip_seq_len
-
-    @property
     def num_sync_frames(self) -> int:
         """Synchformer frames (25 fps) the reference reads: int(25 * duration)."""
         return int(self.duration * SYNC_FPS)
