@@ -36,6 +36,11 @@ from .vocoder.chunked import vocode_in_chunks, vocode_memory
 # Latent frames decoded at once: 11.9 s at 44.1 kHz, 16.4 s at 16 kHz. Clips up to this length (the 8-10 s the
 # networks are trained for) take the plain whole-clip path; longer ones go in chunks of at most this length.
 DEFAULT_CHUNK_FRAMES = 512
+# The vocoder's chunk on a CPU when a long clip is decoded in chunks and no chunk length is asked for. Its
+# activations for 512 latent frames overflow the CPU's caches: 256 vocoded 40% faster at 16 kHz (1.74 -> 1.06 s
+# per second of audio) and 27% faster at 44.1 kHz (6.48 -> 4.72 s), full-size random weights, 2 threads. Short
+# clips (the whole-clip path) are not affected.
+CPU_VOCODER_CHUNK_FRAMES = 256
 
 
 class AudioDecoder(nn.Module):
@@ -138,11 +143,17 @@ class AudioDecoder(nn.Module):
             return mel
         return decode_in_chunks(self.vae, z, chunk, progress)
 
+    def _vocoder_chunk(self, chunk_frames: int | None, device: torch.device) -> int:
+        """Latent frames per vocoder chunk: ``chunk_frames`` when given, else :attr:`chunk_frames`, capped at
+        :data:`CPU_VOCODER_CHUNK_FRAMES` on a CPU."""
+        chunk = self._chunk(chunk_frames)
+        return min(chunk, CPU_VOCODER_CHUNK_FRAMES) if chunk_frames is None and device.type == "cpu" else chunk
+
     def vocode(self, mel: torch.Tensor, *, chunk_frames: int | None = None,
                progress: ProgressCallback | None = None) -> torch.Tensor:
         """Mel (B, num_mels, frames) -> float32 waveform (B, 1, frames·hop); in chunks of 2·``chunk_frames`` mel
-        frames when longer, reporting 1 step per chunk."""
-        chunk = 2 * self._chunk(chunk_frames)
+        frames when longer (default: see :meth:`_vocoder_chunk`), reporting 1 step per chunk."""
+        chunk = 2 * self._vocoder_chunk(chunk_frames, mel.device)
         mel = mel.to(self.compute_dtype)
         if mel.shape[-1] <= chunk:
             waveform = self.vocoder(mel).to(torch.float32)
@@ -177,9 +188,10 @@ class AudioDecoder(nn.Module):
             _report_whole(progress)
         else:
             spans = len(split_evenly(latent.shape[1], chunk))
-            total = 3 * spans  # keys/values, VAE decode, vocoder
+            vocoder_spans = len(split_evenly(2 * latent.shape[1], 2 * self._vocoder_chunk(chunk_frames, latent.device)))
+            total = 2 * spans + vocoder_spans  # keys/values, VAE decode, vocoder
             mel = self.decode_mel(latent, chunk_frames=chunk, progress=_shifted(progress, 0, total))
-            waveform = self.vocode(mel, chunk_frames=chunk, progress=_shifted(progress, 2 * spans, total))
+            waveform = self.vocode(mel, chunk_frames=chunk_frames, progress=_shifted(progress, 2 * spans, total))
         return waveform if num_samples is None else waveform[..., :num_samples]
 
     def encode(self, waveform: torch.Tensor, *, chunk_frames: int | None = None,

@@ -212,6 +212,36 @@ def test_progress_is_reported_per_chunk_and_can_cancel(decoder: AudioDecoder) ->
     assert seen == [1, 2]
 
 
+def test_default_chunks_on_a_cpu_vocode_in_shorter_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no chunk length asked for, a long clip's VAE runs in chunks of ``chunk_frames`` and, on a CPU, its
+    vocoder in chunks of at most CPU_VOCODER_CHUNK_FRAMES (faster there); the bar counts both, and the result is
+    the whole decode's within rounding. An explicit chunk length applies to both."""
+    from mmaudio import decoder as decoder_module
+
+    decoder = make_decoder("16k", seed=5)
+    decoder.chunk_frames = 25
+    monkeypatch.setattr(decoder_module, "CPU_VOCODER_CHUNK_FRAMES", 10)
+    seen: list[int] = []
+    original = vocoder_chunked.vocode_in_chunks
+
+    def recording(vocoder: BigVGAN, mel: torch.Tensor, chunk: int, progress: Callable | None) -> torch.Tensor:
+        seen.append(chunk)
+        return original(vocoder, mel, chunk, progress)
+
+    monkeypatch.setattr(decoder_module, "vocode_in_chunks", recording)
+    latent = random_latent(decoder, LATENT_FRAMES, batch=1)
+    calls: list[tuple[int, int]] = []
+    with torch.no_grad():
+        default = decoder.decode(latent, progress=lambda *a: calls.append(a))
+        explicit = decoder.decode(latent, chunk_frames=25)
+        whole = decoder.decode(latent, chunk_frames=LATENT_FRAMES)
+    assert seen == [2 * 10, 2 * 25]  # mel frames per vocoder chunk: the CPU cap, then the asked-for length
+    total = 2 * len(split_evenly(LATENT_FRAMES, 25)) + len(split_evenly(2 * LATENT_FRAMES, 2 * 10))
+    assert calls == [(done, total) for done in range(1, total + 1)]
+    for result in (default, explicit):
+        assert (result - whole).abs().max() <= 1e-5 * whole.abs().max()
+
+
 def test_bad_chunk_sizes_are_refused() -> None:
     decoder = make_decoder("16k")
     for bad in (0, -3, 2.5, True):
