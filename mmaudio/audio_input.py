@@ -22,15 +22,13 @@ clips are: 128000 samples at 16 kHz, 353280 at 44.1 kHz); the decoder's output h
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import numpy as np
 import torch
 
 from .decoder import AudioDecoder
 from .errors import InvalidInputError
-from .media.audio import resample_band_limited, resampled_length
+from .media.audio import as_batch_layout, as_sample_rate, resample_band_limited, resampled_length
 from .mel import MelConfig
 from .modes import mode_named
 from .vae import LatentDistribution
@@ -63,26 +61,9 @@ def fit_to_latent_frames(waveform: torch.Tensor, num_latent_frames: int, mode: s
 
 
 # ---- checks ----------------------------------------------------------------------------------------------------
-def _sample_rate(sample_rate: Any) -> int:
-    """The input's rate as an int, or a clear error."""
-    valid = not isinstance(sample_rate, bool) and isinstance(sample_rate, (int, float, np.integer, np.floating))
-    if valid:
-        value = float(sample_rate)
-        valid = math.isfinite(value) and value.is_integer() and value > 0
-    if not valid:
-        raise InvalidInputError(f"audio sample rate must be a positive whole number of Hz, got {sample_rate!r}")
-    return int(value)
-
-
 def _checked_audio(waveform: Any) -> torch.Tensor:
     """``[B, channels, samples]`` float tensor with samples, channels, finite values and sound in every item."""
-    if not isinstance(waveform, torch.Tensor):
-        raise InvalidInputError(f"audio must be a waveform tensor, got {type(waveform).__name__}")
-    if waveform.ndim == 2:
-        waveform = waveform.unsqueeze(0)
-    if waveform.ndim != 3:
-        raise InvalidInputError(
-            f"audio must be shaped [batch, channels, samples] or [channels, samples], got {tuple(waveform.shape)}")
+    waveform = as_batch_layout(waveform, "audio")
     batch, channels, samples = waveform.shape
     if batch == 0 or channels == 0 or samples == 0:
         raise InvalidInputError(
@@ -108,7 +89,7 @@ def prepare_audio(waveform: torch.Tensor, sample_rate: int, mode: str) -> torch.
     frequency, > 40 dB down from 1.1 of it); the result lasts as long as the input (ceil(N · new / old)
     samples). Raises :class:`InvalidInputError` naming ``audio`` for unusable input.
     """
-    rate = _sample_rate(sample_rate)
+    rate = as_sample_rate(sample_rate, "audio sample rate")
     target = mode_named(mode).sample_rate
     waveform = _checked_audio(waveform)
     mono = waveform.detach().to(device="cpu", dtype=torch.float32).mean(dim=1)
@@ -141,5 +122,5 @@ def encode_audio_memory(decoder: AudioDecoder, num_samples: int, sample_rate: in
                         dtype: torch.dtype = torch.float32, chunk_frames: int | None = None) -> int:
     """Activation bytes :func:`encode_audio` needs on its device for ``num_samples`` samples at ``sample_rate``
     (see :meth:`AudioDecoder.encode_memory`); the CPU-side resampling copies are not included."""
-    samples = resampled_length(num_samples, _sample_rate(sample_rate), decoder.sample_rate)
+    samples = resampled_length(num_samples, as_sample_rate(sample_rate, "audio sample rate"), decoder.sample_rate)
     return decoder.encode_memory(samples, batch=batch, dtype=dtype, chunk_frames=chunk_frames)

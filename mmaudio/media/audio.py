@@ -7,6 +7,7 @@ converted with ``av.AudioResampler`` rather than refused; Opus is always written
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -67,30 +68,34 @@ def find_encoder(choice: str) -> str:
     raise InvalidInputError(f"this PyAV build has no {choice} encoder (tried {', '.join(AUDIO_ENCODERS[choice])})")
 
 
-def as_sample_rate(sample_rate: Any) -> int:
-    if isinstance(sample_rate, bool):
-        raise InvalidInputError(f"sample_rate must be a positive integer, got {sample_rate!r}")
-    try:
-        value = float(sample_rate)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"sample_rate must be a positive integer, got {sample_rate!r}") from exc
-    if not value.is_integer() or value <= 0:
-        raise InvalidInputError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+def as_sample_rate(sample_rate: Any, what: str = "sample_rate") -> int:
+    """A sample rate as an int: a finite, whole, positive number (an int or float of any kind, not a bool or a
+    string), or a clear error naming ``what``."""
+    valid = not isinstance(sample_rate, bool) and isinstance(sample_rate, (int, float, np.integer, np.floating))
+    value = float(sample_rate) if valid else 0.0
+    if not (valid and math.isfinite(value) and value.is_integer() and value > 0):
+        raise InvalidInputError(f"{what} must be a positive whole number of Hz, got {sample_rate!r}")
     return int(value)
+
+
+def as_batch_layout(waveform: Any, what: str) -> torch.Tensor:
+    """``waveform`` as a ``[batch, channels, samples]`` tensor (``[channels, samples]`` gains a batch of one), or
+    a clear error naming ``what``. Only the layout: each caller checks the values it needs."""
+    if not isinstance(waveform, torch.Tensor):
+        raise InvalidInputError(f"{what} must be a waveform tensor, got {type(waveform).__name__}")
+    if waveform.ndim == 2:
+        waveform = waveform.unsqueeze(0)
+    if waveform.ndim != 3:
+        raise InvalidInputError(
+            f"{what} must be shaped [batch, channels, samples] or [channels, samples], got {tuple(waveform.shape)}")
+    return waveform
 
 
 def as_waveform_batch(waveform: Any, what: str = "waveform") -> torch.Tensor:
     """A float32 CPU tensor [B, C, T] with C in (1, 2), T > 0 and finite values, from [C, T] or [B, C, T]."""
     if isinstance(waveform, np.ndarray):
         waveform = torch.from_numpy(waveform)
-    if not isinstance(waveform, torch.Tensor):
-        raise InvalidInputError(f"{what} must be a tensor, got {type(waveform).__name__}")
-    if waveform.ndim == 2:
-        waveform = waveform.unsqueeze(0)
-    if waveform.ndim != 3:
-        raise InvalidInputError(
-            f"{what} must have shape [channels, samples] or [batch, channels, samples], got {tuple(waveform.shape)}"
-        )
+    waveform = as_batch_layout(waveform, what)
     batch, channels, samples = waveform.shape
     if batch == 0:
         raise InvalidInputError(f"{what} holds an empty batch")
