@@ -29,7 +29,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.components import randomize_
-from bench.measure import memory_probe
+from bench.measure import cpu_allocated_peak, memory_probe
 from mmaudio.decoder import AudioDecoder
 from mmaudio.modes import mode_named
 from mmaudio.vae import VAE, VAEConfig
@@ -86,26 +85,6 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-@contextlib.contextmanager
-def allocation_tracker(device: torch.device) -> Iterator[dict[str, int]]:
-    """On the CPU, the peak of bytes PyTorch allocated and had not freed inside the block (from the profiler's
-    allocation events: tensors and kernels' buffers, whatever the C allocator keeps cached), stored under
-    "peak" on exit. On CUDA the probe's max_memory_allocated already is that figure."""
-    result: dict[str, int] = {}
-    if device.type != "cpu":
-        yield result
-        return
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        yield result
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    result["peak"] = peak
-
-
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Measure one run in this (fresh) process."""
     device = torch.device(args.device)
@@ -135,7 +114,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         before = probe.current()
         probe.reset_peak()
         start, cpu_start = time.perf_counter(), time.process_time()
-        with allocation_tracker(device) as allocated:
+        # on CUDA the probe's max_memory_allocated already is the allocated peak
+        tracker = cpu_allocated_peak() if device.type == "cpu" else contextlib.nullcontext({})
+        with tracker as allocated:
             if args.direction == "decode":
                 out = decoder.decode(inputs, chunk_frames=args.chunk_frames)
             else:

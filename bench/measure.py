@@ -105,6 +105,23 @@ def process_peak_rss() -> int:
     return kib * 1024 if kib is not None else _rusage_peak_bytes()
 
 
+@contextmanager
+def cpu_allocated_peak() -> Iterator[dict[str, int]]:
+    """The peak of bytes PyTorch's CPU allocator handed out and had not taken back inside the block (tensors and
+    the kernels' own buffers, from the profiler's allocation events; not what the C allocator keeps cached),
+    stored under "peak" on exit."""
+    result: dict[str, int] = {}
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        yield result
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    result["peak"] = peak
+
+
 def memory_probe(device: torch.device) -> HostMemory | CudaMemory:
     return CudaMemory(device) if device.type == "cuda" else HostMemory()
 

@@ -15,8 +15,8 @@ from itertools import pairwise
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
+from bench.measure import cpu_allocated_peak
 from mmaudio.decoder import DEFAULT_CHUNK_FRAMES, AudioDecoder
 from mmaudio.errors import InvalidInputError
 from mmaudio.vae import VAE, VAEConfig, load_vae
@@ -264,16 +264,10 @@ def test_spans_cover_the_sequence_evenly() -> None:
 # ---- memory --------------------------------------------------------------------------------------------------
 def measured_peak(fn: Callable[[], object]) -> int:
     """Peak bytes of CPU tensor memory allocated and not yet freed during ``fn`` (every allocation through
-    PyTorch's CPU allocator, including the kernels' own buffers), from the profiler's allocation events."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    PyTorch's CPU allocator, including the kernels' own buffers; bench.measure.cpu_allocated_peak)."""
+    with cpu_allocated_peak() as allocated:
         fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
+    return allocated["peak"]
 
 
 @pytest.fixture(scope="module")
