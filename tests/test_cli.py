@@ -6,7 +6,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 import torch
 
@@ -14,6 +13,7 @@ from mmaudio.cli import main
 from mmaudio.features.frames import plan_frames
 
 from .comfy_stub import tiny_weights
+from .video_factory import write_moving_bar_video
 
 FPS = 12
 SECONDS = 1.5
@@ -35,16 +35,7 @@ def _component_args(models: dict[str, Path]) -> list[str]:
 
 
 def _write_video(path: Path) -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(int(FPS * SECONDS)):
-            image = np.zeros((48, 64, 3), np.uint8)
-            image[:, (i * 4) % 64:(i * 4) % 64 + 8] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_moving_bar_video(path, frames=int(FPS * SECONDS), fps=FPS)
 
 
 def _streams(path: Path) -> dict[str, float]:
@@ -206,16 +197,7 @@ def test_audio_options_are_checked_before_anything_loads(models, tmp_path, capsy
 def test_a_three_minute_video_gets_a_three_minute_soundtrack(models, tmp_path, capsys) -> None:
     """180 s of video: generated in 8 s windows, each conditioned on its own span, into one soundtrack."""
     video = tmp_path / "three_minutes.mp4"
-    with av.open(str(video), "w") as container:
-        stream = container.add_stream("mpeg4", rate=12)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(180 * 12):
-            image = np.zeros((48, 64, 3), np.uint8)
-            image[:, (i * 2) % 64:(i * 2) % 64 + 6] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_moving_bar_video(video, frames=180 * 12, fps=12, step=2, bar=6)
     out = tmp_path / "three_minutes.flac"
     args = [a for a in _component_args(models) if a != "--quiet"]
     code = main(["generate", "--video", str(video), "--prompt", "waves\n[1:30] a storm", "--out", str(out), *args])

@@ -8,8 +8,6 @@ import os
 import signal
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 import torch
 
@@ -17,6 +15,7 @@ from mmaudio import engine
 from mmaudio.cli import main
 
 from .comfy_stub import tiny_weights
+from .video_factory import write_moving_bar_video
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +26,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _video(path: Path, codec: str = "mpeg4", frames: int = 24) -> Path:
-    options = {"movflags": "faststart"} if path.suffix == ".mp4" else {}  # the index first, as on the web
-    with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream(codec, rate=12)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(frames):
-            image = np.zeros((48, 64, 3), np.uint8)
-            image[:, (i * 4) % 64:(i * 4) % 64 + 8] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_moving_bar_video(path, frames=frames, codec=codec, faststart=path.suffix == ".mp4")
 
 
 def _args(models: dict[str, Path], *extra: str) -> list[str]:

@@ -33,6 +33,7 @@ import pytest
 from mmaudio.engine.windows import plan_windows
 
 from .comfy_stub import tiny_weights
+from .video_factory import write_moving_bar_video
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -164,20 +165,7 @@ def _free_port() -> int:
 
 
 def _write_clip(path: Path, frames: int = CLIP_FRAMES, fps: int = CLIP_FPS) -> None:
-    """A small mp4 whose frames change over time (so CLIP/Synchformer see motion)."""
-    import av
-    import numpy as np
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(frames):
-            image = np.zeros((48, 64, 3), dtype=np.uint8)
-            image[:, (i * 3) % 64:(i * 3) % 64 + 8] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_moving_bar_video(path, frames=frames, fps=fps, step=3)
 
 
 @pytest.fixture(scope="module")
